@@ -1,0 +1,50 @@
+# Ferrum Infer: `make run` starts the whole cluster on localhost, `make test` runs every test.
+# Both do all set-up first: .venv, packages (CPU torch pinned), generated protos, demo model.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN := services/_generated/ferrum_pb2.py
+MODEL_DIR ?= models/ferrum-demo
+MODEL := $(MODEL_DIR)/config.json
+
+.PHONY: setup venv protos model run test test-unit test-cluster bench bench-quick clean
+
+setup: venv protos model
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+protos: $(GEN)
+$(GEN): protos/ferrum.proto $(STAMP)
+	mkdir -p services/_generated
+	$(PY) -m grpc_tools.protoc -Iservices/_generated=protos --python_out=. \
+		--grpc_python_out=. --pyi_out=. services/_generated/ferrum.proto
+	touch services/_generated/__init__.py
+
+model: $(MODEL)
+$(MODEL): | $(STAMP)
+	$(PY) -m worker.demo_model --out $(MODEL_DIR)
+
+run: setup
+	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -m scheduler.launch_local
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m tests.bench $(BENCH_ARGS)
+
+bench-quick: setup
+	$(PY) -m tests.bench --preset quick $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) services/_generated

@@ -1,0 +1,1 @@
+"""Scheduler process of Ferrum Infer."""

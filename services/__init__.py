@@ -1,0 +1,1 @@
+"""Library shared by gateway, scheduler and worker. No entry points live here."""
