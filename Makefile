@@ -32,7 +32,7 @@ $(MODEL): | $(STAMP)
 	$(PY) -m worker.demo_model --out $(MODEL_DIR)
 
 run: setup
-	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -m scheduler.launch_local
+	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -c "import services.local_cluster as c; c.run_forever()"
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -1,0 +1,76 @@
+"""`python -m scheduler`: the central gRPC scheduler.
+
+Listens on FERRUM_INFER_SCHEDULER_ADDR for gateways (Generate, Abort, ListModels, ...) and for
+worker sessions; serves /metrics, /health and /ready on FERRUM_INFER_METRICS_PORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from scheduler.core import SchedulerCore
+from scheduler.servicer import SchedulerServicer
+from services import codec
+from services.config import SchedulerSettings
+from services.logging_setup import configure_logging
+from services.ops_http import start_ops_server
+
+log = logging.getLogger("scheduler")
+
+
+def parse_settings(argv: list[str] | None = None) -> SchedulerSettings:
+    parser = argparse.ArgumentParser(prog="python -m scheduler", description=__doc__)
+    parser.add_argument("--scheduler-addr", help="host:port to listen on (FERRUM_INFER_SCHEDULER_ADDR)")
+    parser.add_argument("--metrics-port", type=int, help="port of /metrics, /health, /ready")
+    parser.add_argument("--redis-url", help="prefix index (FERRUM_INFER_REDIS_URL)")
+    parser.add_argument("--max-queue", type=int, help="waiting requests before 429")
+    parser.add_argument("--log-level")
+    args = parser.parse_args(argv)
+    return SchedulerSettings(**{k: v for k, v in vars(args).items() if v is not None})
+
+
+async def serve(settings: SchedulerSettings) -> None:
+    core = SchedulerCore(settings.max_queue, settings.worker_wait_s)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ])
+    codec.add_scheduler_servicer(SchedulerServicer(core), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(settings.scheduler_addr)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.scheduler_addr}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    ops = await start_ops_server("0.0.0.0", settings.metrics_port, ready=lambda: True,
+                                 health=lambda: {"workers": len(core.registry.all()), "queued": len(core.queue)})
+    log.info("scheduler listening", extra={"addr": settings.scheduler_addr, "metrics_port": settings.metrics_port})
+    dispatcher = asyncio.create_task(core.run())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("scheduler stopping")
+    await health_servicer.enter_graceful_shutdown()
+    dispatcher.cancel()
+    await server.stop(grace=5)
+    await ops.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    configure_logging(settings.log_level, "scheduler")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Runs an Engine on its own thread, fed by thread-safe commands from the asyncio side.
+
+torch releases the GIL during forward passes, so the event loop (gRPC session, stats) stays
+responsive while the engine steps. Invariant: only the engine thread touches the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from services.types import FINISH_ERROR, GenerateRequest, RequestOutput, WorkerStats
+from worker.engine_api import Engine, RequestRejected
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.25
+
+
+@dataclass
+class _Add:
+    request: GenerateRequest
+
+
+@dataclass
+class _Abort:
+    request_id: str | None  # None: abort everything (the session was lost)
+
+
+class EngineLoop:
+    def __init__(self, engine: Engine, on_outputs: Callable[[list[RequestOutput]], None],
+                 on_stats: Callable[[WorkerStats], None]):
+        self.engine = engine
+        self._on_outputs = on_outputs
+        self._on_stats = on_stats
+        self._commands: list[_Add | _Abort] = []
+        self._active: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def add(self, request: GenerateRequest) -> None:
+        self._command(_Add(request))
+
+    def abort(self, request_id: str) -> None:
+        self._command(_Abort(request_id))
+
+    def abort_all(self) -> None:
+        self._command(_Abort(None))
+
+    def _command(self, command: _Add | _Abort) -> None:
+        with self._cond:
+            self._commands.append(command)
+            self._cond.notify()
+
+    def _apply(self, commands: list[_Add | _Abort]) -> list[RequestOutput]:
+        rejected = []
+        for command in commands:
+            if isinstance(command, _Add):
+                try:
+                    self.engine.add_request(command.request)
+                    self._active.add(command.request.request_id)
+                except RequestRejected as exc:
+                    rejected.append(RequestOutput(command.request.request_id, finish_reason=FINISH_ERROR,
+                                                  prompt_tokens=len(command.request.prompt_token_ids),
+                                                  error=str(exc)))
+            else:
+                ids = list(self._active) if command.request_id is None else [command.request_id]
+                for request_id in ids:
+                    self.engine.abort_request(request_id)
+                    self._active.discard(request_id)
+        return rejected
+
+    def _run(self) -> None:
+        last_stats = 0.0
+        while True:
+            with self._cond:
+                while not self._commands and not self._stopping and not self.engine.has_unfinished():
+                    self._cond.wait(timeout=STATS_INTERVAL_S)
+                    if time.monotonic() - last_stats >= STATS_INTERVAL_S:
+                        break
+                if self._stopping:
+                    return
+                commands, self._commands = self._commands, []
+            outputs = self._apply(commands)
+            if self.engine.has_unfinished():
+                try:
+                    outputs += self.engine.step()
+                except Exception:
+                    log.exception("engine step failed; failing the running requests")
+                    outputs += [RequestOutput(rid, finish_reason=FINISH_ERROR, error="internal engine error")
+                                for rid in self._active]
+                    self._apply([_Abort(None)])
+            for out in outputs:
+                if out.finished:
+                    self._active.discard(out.request_id)
+            if outputs:
+                self._on_outputs(outputs)
+            now = time.monotonic()
+            if now - last_stats >= STATS_INTERVAL_S:
+                last_stats = now
+                self._on_stats(self.engine.stats())
