@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from scheduler.core import SchedulerCore
+from scheduler.prefix_router import PrefixRouter
 from scheduler.servicer import SchedulerServicer
 from services import codec
 from services.config import SchedulerSettings
@@ -30,13 +31,15 @@ def parse_settings(argv: list[str] | None = None) -> SchedulerSettings:
     parser.add_argument("--metrics-port", type=int, help="port of /metrics, /health, /ready")
     parser.add_argument("--redis-url", help="prefix index (FERRUM_INFER_REDIS_URL)")
     parser.add_argument("--max-queue", type=int, help="waiting requests before 429")
+    parser.add_argument("--routing-policy", choices=["cache_aware", "least_loaded", "round_robin"])
     parser.add_argument("--log-level")
     args = parser.parse_args(argv)
     return SchedulerSettings(**{k: v for k, v in vars(args).items() if v is not None})
 
 
 async def serve(settings: SchedulerSettings) -> None:
-    core = SchedulerCore(settings.max_queue, settings.worker_wait_s)
+    router = PrefixRouter(settings.routing_policy, settings.redis_url)
+    core = SchedulerCore(settings.max_queue, settings.worker_wait_s, router)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -53,6 +56,7 @@ async def serve(settings: SchedulerSettings) -> None:
                                  health=lambda: {"workers": len(core.registry.all()), "queued": len(core.queue)})
     log.info("scheduler listening", extra={"addr": settings.scheduler_addr, "metrics_port": settings.metrics_port})
     dispatcher = asyncio.create_task(core.run())
+    sweeper = asyncio.create_task(router.sweep_forever(lambda: [m.name for m in core.registry.served_models()]))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -62,6 +66,7 @@ async def serve(settings: SchedulerSettings) -> None:
     log.info("scheduler stopping")
     await health_servicer.enter_graceful_shutdown()
     dispatcher.cancel()
+    sweeper.cancel()
     await server.stop(grace=5)
     await ops.cleanup()
 

@@ -14,9 +14,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from scheduler import metrics
+from scheduler.prefix_router import Affinity, PrefixRouter
 from scheduler.registry import WorkerHandle, WorkerRegistry
 from scheduler.request_queue import RequestQueue
-from scheduler.routing import least_loaded
 from services import codec
 from services.types import GenerateRequest, RequestOutput
 
@@ -37,12 +38,14 @@ class Pending:
     arrival: int
     submitted_at: float
     outputs: asyncio.Queue = field(default_factory=asyncio.Queue)
+    affinity: Affinity | None = None
     worker_id: str | None = None
     emitted: list[int] = field(default_factory=list)
 
 
 class SchedulerCore:
-    def __init__(self, max_queue: int, worker_wait_s: float):
+    def __init__(self, max_queue: int, worker_wait_s: float, router: PrefixRouter | None = None):
+        self.router = router or PrefixRouter("least_loaded", None)
         self.registry = WorkerRegistry()
         self.queue = RequestQueue(max_queue)
         self.worker_wait_s = worker_wait_s
@@ -53,7 +56,16 @@ class SchedulerCore:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(self, request: GenerateRequest) -> Pending:
+    async def affinity(self, request: GenerateRequest) -> Affinity | None:
+        """Which workers already hold how much of this prompt (None for an unknown model)."""
+        if not self.registry.knows(request.model):
+            return None
+        _, block_size, _ = self.registry.limits(request.model)
+        live = {w.worker_id: w.info.epoch for w in self.registry.for_model(request.model)}
+        return await self.router.affinity(request.model, request.prompt_token_ids, request.cache_salt,
+                                          block_size, live)
+
+    def submit(self, request: GenerateRequest, affinity: Affinity | None = None) -> Pending:
         model = request.model
         if not self.registry.knows(model):
             raise AdmissionError("not_found", f"The model `{model}` does not exist.")
@@ -65,7 +77,7 @@ class SchedulerCore:
             self.queue.push(request, arrival)
         except Exception as exc:  # QueueFull
             raise AdmissionError("queue_full", str(exc)) from exc
-        pending = Pending(request, arrival, time.monotonic())
+        pending = Pending(request, arrival, time.monotonic(), affinity=affinity)
         self._pending[request.request_id] = pending
         self.total_requests += 1
         self._wake.set()
@@ -125,6 +137,8 @@ class SchedulerCore:
             pending.request.resume_token_ids = list(pending.emitted)
             self.queue.push(pending.request, pending.arrival, force=True)
             requeued += 1
+        self.router.forget_worker(worker_id)
+        metrics.REQUEUED.labels(handle.model).inc(requeued)
         log.warning("worker %s left; %d requests re-queued", worker_id, requeued)
         self._wake.set()
 
@@ -159,20 +173,34 @@ class SchedulerCore:
             self.expire_unserved()
 
     def dispatch(self) -> None:
+        now = time.monotonic()
         for model in self.queue.models():
             batches: dict[str, list[GenerateRequest]] = {}
             workers = self.registry.for_model(model)
-            while self.queue.peek(model) is not None:
-                worker = least_loaded(workers)
-                if worker is None:
+            while (head := self.queue.peek(model)) is not None:
+                pending = self._pending[head.request_id]
+                decision = self.router.choose(workers, pending.affinity)
+                if decision is None:
                     break
+                worker = decision.worker
                 request = self.queue.pop(model)
-                pending = self._pending[request.request_id]
+                metrics.QUEUE_TIME.labels(model).observe(now - pending.submitted_at)
                 pending.worker_id = worker.worker_id
                 worker.inflight.add(request.request_id)
                 batches.setdefault(worker.worker_id, []).append(request)
             for worker_id, requests in batches.items():
                 self.registry.get(worker_id).outbox.put_nowait(codec.assign_msg(requests))
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        models = {w.model for w in self.registry.all()} | set(self.queue.models())
+        for model in models:
+            workers = self.registry.for_model(model)
+            metrics.WORKERS.labels(model).set(len(workers))
+            metrics.RUNNING.labels(model).set(sum(len(w.inflight) for w in workers))
+            metrics.QUEUE_DEPTH.labels(model).set(self.queue.depth(model))
+        for w in self.registry.all():
+            metrics.KV_USAGE.labels(w.worker_id).set(w.stats.kv_usage)
 
     def expire_unserved(self) -> None:
         """Fail requests that waited longer than worker_wait_s for a model with no live worker."""

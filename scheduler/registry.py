@@ -37,6 +37,10 @@ class WorkerHandle:
     def load(self) -> float:
         return len(self.inflight) / max(1, self.info.max_running)
 
+    @property
+    def kv_usage(self) -> float:
+        return self.stats.kv_usage
+
 
 @dataclass
 class _ModelRecord:

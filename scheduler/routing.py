@@ -1,9 +1,16 @@
-"""Choosing a worker for a request. Pure functions over worker views; no I/O."""
+"""Choosing a worker for a request. Pure functions over worker views; no I/O.
+
+Policies: `cache_aware` (default) weighs the share of the prompt a worker already holds against its
+load; `least_loaded` and `round_robin` ignore the cache and exist for comparison.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
+
+POLICIES = ("cache_aware", "least_loaded", "round_robin")
 
 
 class Candidate(Protocol):
@@ -15,11 +22,57 @@ class Candidate(Protocol):
     @property
     def load(self) -> float: ...
 
+    @property
+    def kv_usage(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class RoutingWeights:
+    load: float = 1.0  # cost of a fully loaded worker, against a whole prompt found in its cache
+    kv_usage: float = 0.25  # cost of a full KV cache (its cached blocks are about to be evicted)
+    # When ready workers' loads differ by more than this, cache affinity yields to the least loaded,
+    # so one popular prefix can never pile everything onto one worker.
+    imbalance: float = 0.5
+
+
+@dataclass(frozen=True)
+class Decision:
+    worker: Candidate
+    reason: str  # "prefix_hit" | "load" | "imbalance" | "least_loaded" | "round_robin"
+    matched_blocks: int = 0
+
 
 def least_loaded(candidates: Sequence[Candidate]) -> Candidate | None:
-    """The worker with free credit and the lowest load (running relative to capacity); ties by id,
-    so the choice is deterministic."""
+    """The worker with free credit and the lowest load; ties by id, so the choice is deterministic."""
     ready = [c for c in candidates if c.credit > 0]
     if not ready:
         return None
     return min(ready, key=lambda c: (c.load, c.worker_id))
+
+
+def cache_aware(candidates: Sequence[Candidate], matched_blocks: dict[str, int], total_blocks: int,
+                weights: RoutingWeights = RoutingWeights()) -> Decision | None:
+    """Highest `hit fraction - load - kv usage`, unless loads are badly imbalanced."""
+    ready = [c for c in candidates if c.credit > 0]
+    if not ready:
+        return None
+    loads = [c.load for c in ready]
+    if max(loads) - min(loads) > weights.imbalance:
+        worker = least_loaded(ready)
+        return Decision(worker, "imbalance", matched_blocks.get(worker.worker_id, 0))
+
+    def score(c: Candidate) -> tuple[float, float, str]:
+        hit = matched_blocks.get(c.worker_id, 0) / total_blocks if total_blocks else 0.0
+        return (hit - weights.load * c.load - weights.kv_usage * c.kv_usage, -c.load, c.worker_id)
+
+    worker = max(ready, key=score)
+    matched = matched_blocks.get(worker.worker_id, 0)
+    return Decision(worker, "prefix_hit" if matched else "load", matched)
+
+
+def round_robin(candidates: Sequence[Candidate], turn: int) -> Decision | None:
+    """The `turn`-th ready worker in id order (the caller advances `turn` per decision)."""
+    ready = sorted((c for c in candidates if c.credit > 0), key=lambda c: c.worker_id)
+    if not ready:
+        return None
+    return Decision(ready[turn % len(ready)], "round_robin")

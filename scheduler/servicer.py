@@ -29,7 +29,7 @@ class SchedulerServicer(codec.SchedulerServicer):
     async def Generate(self, request, context):
         req = codec.request_from_pb(request)
         try:
-            pending = self.core.submit(req)
+            pending = self.core.submit(req, await self.core.affinity(req))
         except AdmissionError as exc:
             await context.abort(_STATUS[exc.kind], str(exc))
         try:

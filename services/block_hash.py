@@ -44,25 +44,20 @@ def chain_hash(parent: BlockHash, block_token_ids: Sequence[int]) -> BlockHash:
     return _chain(parent, encode_tokens(block_token_ids))
 
 
-def block_hashes(
-    token_ids: Sequence[int], block_size: int, root: BlockHash, start_block: int = 0,
-    parent: BlockHash | None = None,
-) -> list[BlockHash]:
-    """Hashes of the full blocks of `token_ids`, from block `start_block` on.
+def block_hashes(token_ids: Sequence[int], block_size: int, root: BlockHash) -> list[BlockHash]:
+    """Hashes of the full blocks of `token_ids`; a trailing partial block has none.
 
-    With `start_block > 0`, `parent` must be the hash of block `start_block - 1` (it lets a caller
-    extend an already hashed prefix without rehashing it). A trailing partial block has no hash.
+    To extend an already hashed prefix, pass the tokens after it and its last hash as `root`.
     """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
-    if start_block > 0 and parent is None:
-        raise ValueError("extending from start_block > 0 needs the parent hash")
-    previous = root if start_block == 0 else parent
-    data = memoryview(encode_tokens(token_ids))
+    num_blocks = len(token_ids) // block_size
+    data = memoryview(encode_tokens(token_ids[:num_blocks * block_size]))
     stride = block_size * 4
     hashes = []
-    for block in range(start_block, len(token_ids) // block_size):
-        previous = _chain(previous, data[block * stride:(block + 1) * stride])
+    previous = root
+    for offset in range(0, num_blocks * stride, stride):
+        previous = _chain(previous, data[offset:offset + stride])
         hashes.append(previous)
     return hashes
 

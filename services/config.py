@@ -92,6 +92,7 @@ class SchedulerSettings(_Settings):
     metrics_port: int = Field(9100, ge=0, le=65535)
     redis_url: str | None = None
     max_queue: int = Field(1024, ge=1)
+    routing_policy: Literal["cache_aware", "least_loaded", "round_robin"] = "cache_aware"
     # How long a request waits for a worker of its model to appear before failing with 503.
     worker_wait_s: float = Field(30.0, ge=0)
 
