@@ -39,7 +39,7 @@ def parse_settings(argv: list[str] | None = None) -> SchedulerSettings:
 
 async def serve(settings: SchedulerSettings) -> None:
     router = PrefixRouter(settings.routing_policy, settings.redis_url)
-    core = SchedulerCore(settings.max_queue, settings.worker_wait_s, router)
+    core = SchedulerCore(settings.max_queue, settings.worker_wait_s, router, settings.max_queue_per_model)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -63,8 +63,13 @@ async def serve(settings: SchedulerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("scheduler stopping")
+    log.info("scheduler draining", extra={"in_flight": core.in_flight, "grace_s": settings.drain_grace_s})
+    core.draining = True
     await health_servicer.enter_graceful_shutdown()
+    deadline = loop.time() + settings.drain_grace_s
+    while core.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("scheduler stopping", extra={"unfinished": core.in_flight})
     dispatcher.cancel()
     sweeper.cancel()
     await server.stop(grace=5)

@@ -44,10 +44,12 @@ class Pending:
 
 
 class SchedulerCore:
-    def __init__(self, max_queue: int, worker_wait_s: float, router: PrefixRouter | None = None):
+    def __init__(self, max_queue: int, worker_wait_s: float, router: PrefixRouter | None = None,
+                 max_queue_per_model: int | None = None):
         self.router = router or PrefixRouter("least_loaded", None)
         self.registry = WorkerRegistry()
-        self.queue = RequestQueue(max_queue)
+        self.queue = RequestQueue(max_queue, max_queue_per_model)
+        self.draining = False
         self.worker_wait_s = worker_wait_s
         self.total_requests = 0
         self._pending: dict[str, Pending] = {}
@@ -65,8 +67,14 @@ class SchedulerCore:
         return await self.router.affinity(request.model, request.prompt_token_ids, request.cache_salt,
                                           block_size, live)
 
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
     def submit(self, request: GenerateRequest, affinity: Affinity | None = None) -> Pending:
         model = request.model
+        if self.draining:
+            raise AdmissionError("unavailable", "the scheduler is shutting down; retry")
         if not self.registry.knows(model):
             raise AdmissionError("not_found", f"The model `{model}` does not exist.")
         if request.request_id in self._pending:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from services.prefix_index import PrefixIndex, connect
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 30.0
+RETRY_AFTER_FAILURE_S = 1.0  # while Redis is failing, one request per second probes it; the rest skip it
 
 
 @dataclass
@@ -40,6 +42,7 @@ class PrefixRouter:
         self._indexes: dict[str, PrefixIndex] = {}
         self._turns = itertools.count()
         self._redis_down = False
+        self._retry_at = 0.0
 
     def _index(self, model: str) -> PrefixIndex:
         if model not in self._indexes:
@@ -52,7 +55,7 @@ class PrefixRouter:
             return Affinity()
         hashes = block_hashes(prompt, block_size, hash_root(model, cache_salt))
         matched = self.speculative.lookup(hashes, list(live))
-        if self.client is not None and hashes:
+        if self.client is not None and hashes and time.monotonic() >= self._retry_at:
             metrics.INDEX_LOOKUPS.inc()
             metrics.INDEX_LOOKUP_BLOCKS.inc(len(hashes))
             try:
@@ -101,6 +104,7 @@ class PrefixRouter:
 
     def _redis_failed(self, exc: Exception) -> None:
         metrics.REDIS_ERRORS.labels("scheduler").inc()
+        self._retry_at = time.monotonic() + RETRY_AFTER_FAILURE_S
         if not self._redis_down:
             log.warning("prefix index unreachable, routing by load only: %s", exc)
             self._redis_down = True

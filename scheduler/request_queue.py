@@ -27,10 +27,12 @@ class RequestQueue:
     by the caller across re-queues, so a request handed back by a lost worker keeps its place.
     """
 
-    def __init__(self, max_size: int):
+    def __init__(self, max_size: int, max_per_model: int | None = None):
         self.max_size = max_size
+        self.max_per_model = max_per_model or max_size
         self._heaps: dict[str, list[_Entry]] = {}
         self._requests: dict[str, GenerateRequest] = {}
+        self._depths: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -39,7 +41,7 @@ class RequestQueue:
         return request_id in self._requests
 
     def depth(self, model: str) -> int:
-        return sum(1 for r in self._requests.values() if r.model == model)
+        return self._depths.get(model, 0)
 
     def models(self) -> list[str]:
         return [m for m, heap in self._heaps.items() if heap]
@@ -48,7 +50,10 @@ class RequestQueue:
         """Queue a request; raises QueueFull past the bound unless `force` (re-queues of work already admitted)."""
         if not force and len(self._requests) >= self.max_size:
             raise QueueFull(f"the scheduler queue is full ({self.max_size} requests waiting)")
+        if not force and self.depth(request.model) >= self.max_per_model:
+            raise QueueFull(f"the queue for model `{request.model}` is full ({self.max_per_model} requests waiting)")
         self._requests[request.request_id] = request
+        self._depths[request.model] = self.depth(request.model) + 1
         heapq.heappush(self._heaps.setdefault(request.model, []),
                        _Entry(request.priority, arrival, request.request_id))
 
@@ -58,6 +63,7 @@ class RequestQueue:
             entry = heapq.heappop(heap)
             request = self._requests.pop(entry.request_id, None)
             if request is not None:
+                self._depths[model] -= 1
                 return request
         return None
 
@@ -68,7 +74,10 @@ class RequestQueue:
         return self._requests[heap[0].request_id] if heap else None
 
     def remove(self, request_id: str) -> GenerateRequest | None:
-        return self._requests.pop(request_id, None)
+        request = self._requests.pop(request_id, None)
+        if request is not None:
+            self._depths[request.model] -= 1
+        return request
 
     def waiting(self) -> list[GenerateRequest]:
         return list(self._requests.values())

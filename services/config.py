@@ -93,8 +93,11 @@ class SchedulerSettings(_Settings):
     redis_url: str | None = None
     max_queue: int = Field(1024, ge=1)
     routing_policy: Literal["cache_aware", "least_loaded", "round_robin"] = "cache_aware"
+    max_queue_per_model: int = Field(1024, ge=1)
     # How long a request waits for a worker of its model to appear before failing with 503.
     worker_wait_s: float = Field(30.0, ge=0)
+    # On SIGTERM: how long in-flight requests may finish before the scheduler exits.
+    drain_grace_s: float = Field(30.0, ge=0)
 
 
 class WorkerSettings(_Settings):
@@ -113,6 +116,8 @@ class WorkerSettings(_Settings):
     metrics_port: int = Field(9200, ge=0, le=65535)
     redis_url: str | None = None
     worker_id: str | None = None
+    # On SIGTERM: how long running requests may finish before the rest is handed back.
+    drain_grace_s: float = Field(30.0, ge=0)
 
     def served_model_name(self) -> str:
         """The model's public name: FERRUM_INFER_MODEL_NAME, else the directory's (or hub id's) last part."""

@@ -19,10 +19,12 @@ import torch
 from services.config import WorkerSettings
 from services.logging_setup import configure_logging
 from services.ops_http import start_ops_server
+from services.prefix_index import PrefixIndex, connect
 from services.types import WorkerRegister
 from worker.engine import create_engine
 from worker.engine_config import EngineConfig
 from worker.engine_loop import EngineLoop
+from worker.index_publisher import IndexPublisher
 from worker.model_source import eos_token_ids, model_context_length, resolve_model_dir, tokenizer_bundle
 from worker.session import WorkerSession
 
@@ -73,25 +75,47 @@ async def serve(settings: WorkerSettings) -> None:
     log.info("model loaded", extra={"model": name, "seconds": round(time.monotonic() - started, 2),
                                     "capacity": vars(engine.capacity)})
     cap = engine.capacity
+    epoch = time.time_ns()  # a new epoch per start: index entries of an earlier life never count
     register = WorkerRegister(
-        worker_id=worker_id, model=name, epoch=time.time_ns(), max_running=cap.max_running,
+        worker_id=worker_id, model=name, epoch=epoch, max_running=cap.max_running,
         num_blocks=cap.num_blocks, block_size=cap.block_size, max_model_len=cap.max_model_len,
         tokenizer=tokenizer_bundle(model_dir, name, cap.max_model_len))
     session = WorkerSession(settings.scheduler_addr, register)
-    session.engine_loop = EngineLoop(engine, session.post_outputs, session.post_stats)
+    publisher = None
+    if settings.redis_url:
+        index = PrefixIndex(connect(settings.redis_url), name)
+        publisher = IndexPublisher(index, worker_id, epoch, engine.cached_block_hashes)
+    session.engine_loop = EngineLoop(engine, session.post_outputs, session.post_stats,
+                                     publisher.post if publisher else None)
     session.engine_loop.start()
     state["session"] = session
 
-    runner = asyncio.create_task(session.run_forever())
+    tasks = [asyncio.create_task(session.run_forever())]
+    if publisher:
+        tasks.append(asyncio.create_task(publisher.run_forever()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("worker stopping")
-    runner.cancel()
+    await drain(session.engine_loop, settings.drain_grace_s)
+    for task in tasks:
+        task.cancel()
+    if publisher:
+        await publisher.withdraw()
     session.engine_loop.stop()
     await ops.cleanup()
+
+
+async def drain(engine_loop: EngineLoop, grace_s: float) -> None:
+    """Take nothing new, let running requests finish for up to `grace_s`; whatever still runs is
+    handed back when the session closes (the scheduler re-queues it with the tokens so far)."""
+    log.info("worker draining", extra={"grace_s": grace_s})
+    engine_loop.start_draining()
+    deadline = time.monotonic() + grace_s
+    while not engine_loop.idle and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("worker stopping", extra={"handed_back": not engine_loop.idle})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,3 +47,9 @@ class Engine(Protocol):
 
     def stats(self) -> WorkerStats:
         """A snapshot for the scheduler: running, waiting, KV blocks, prefix hits, tokens/s."""
+
+    def take_block_events(self) -> tuple[list[bytes], list[bytes]]:
+        """Hashes of full blocks that became cached, and that were evicted, since the last call."""
+
+    def cached_block_hashes(self) -> list[bytes]:
+        """Every block hash the prefix cache holds now (for a full republish to the index)."""

@@ -32,14 +32,17 @@ class _Abort:
 
 class EngineLoop:
     def __init__(self, engine: Engine, on_outputs: Callable[[list[RequestOutput]], None],
-                 on_stats: Callable[[WorkerStats], None]):
+                 on_stats: Callable[[WorkerStats], None],
+                 on_block_events: Callable[[list[bytes], list[bytes]], None] | None = None):
         self.engine = engine
         self._on_outputs = on_outputs
         self._on_stats = on_stats
+        self._on_block_events = on_block_events
         self._commands: list[_Add | _Abort] = []
         self._active: set[str] = set()
         self._cond = threading.Condition()
         self._stopping = False
+        self.draining = False  # set on SIGTERM: reported in stats so the scheduler sends nothing new
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
 
     def start(self) -> None:
@@ -50,6 +53,16 @@ class EngineLoop:
             self._stopping = True
             self._cond.notify()
         self._thread.join(timeout=10)
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._commands and not self._active
+
+    def start_draining(self) -> None:
+        self.draining = True
+        with self._cond:
+            self._cond.notify()
 
     def add(self, request: GenerateRequest) -> None:
         self._command(_Add(request))
@@ -85,11 +98,12 @@ class EngineLoop:
 
     def _run(self) -> None:
         last_stats = 0.0
+        reported_draining = False
         while True:
             with self._cond:
                 while not self._commands and not self._stopping and not self.engine.has_unfinished():
                     self._cond.wait(timeout=STATS_INTERVAL_S)
-                    if time.monotonic() - last_stats >= STATS_INTERVAL_S:
+                    if time.monotonic() - last_stats >= STATS_INTERVAL_S or self.draining != reported_draining:
                         break
                 if self._stopping:
                     return
@@ -108,7 +122,13 @@ class EngineLoop:
                     self._active.discard(out.request_id)
             if outputs:
                 self._on_outputs(outputs)
+            if self._on_block_events is not None:
+                stored, removed = self.engine.take_block_events()
+                if stored or removed:
+                    self._on_block_events(stored, removed)
             now = time.monotonic()
-            if now - last_stats >= STATS_INTERVAL_S:
+            if now - last_stats >= STATS_INTERVAL_S or self.draining != reported_draining:
                 last_stats = now
-                self._on_stats(self.engine.stats())
+                stats = self.engine.stats()
+                stats.draining = reported_draining = self.draining
+                self._on_stats(stats)

@@ -56,3 +56,14 @@ def test_least_loaded_skips_full_workers_and_breaks_ties_by_id():
     assert least_loaded([W("a", 0, 0.0), W("b", 3, 0.5), W("c", 1, 0.2)]).worker_id == "c"
     assert least_loaded([W("b", 1, 0.5), W("a", 1, 0.5)]).worker_id == "a"
     assert least_loaded([W("a", 0, 0.0)]) is None
+
+
+def test_per_model_bound_leaves_other_models_room():
+    q = RequestQueue(10, max_per_model=1)
+    q.push(req("a"), 1)
+    with pytest.raises(QueueFull, match="model `m`"):
+        q.push(req("b"), 2)
+    q.push(req("x", model="other"), 3)
+    q.pop("m")
+    q.push(req("b"), 4)
+    assert q.depth("m") == 1 and q.depth("other") == 1
