@@ -21,6 +21,7 @@ from services import codec
 from services.config import SchedulerSettings
 from services.logging_setup import configure_logging
 from services.ops_http import start_ops_server
+from services.tracing import setup_tracing
 
 log = logging.getLogger("scheduler")
 
@@ -79,6 +80,7 @@ async def serve(settings: SchedulerSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.log_level, "scheduler")
+    setup_tracing("scheduler")
     asyncio.run(serve(settings))
 
 

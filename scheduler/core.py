@@ -39,6 +39,9 @@ class Pending:
     submitted_at: float
     outputs: asyncio.Queue = field(default_factory=asyncio.Queue)
     affinity: Affinity | None = None
+    submitted_ns: int = field(default_factory=time.time_ns)
+    dispatched_ns: int = 0
+    route_reason: str = ""
     worker_id: str | None = None
     emitted: list[int] = field(default_factory=list)
 
@@ -193,6 +196,8 @@ class SchedulerCore:
                 worker = decision.worker
                 request = self.queue.pop(model)
                 metrics.QUEUE_TIME.labels(model).observe(now - pending.submitted_at)
+                pending.dispatched_ns = time.time_ns()
+                pending.route_reason = decision.reason
                 pending.worker_id = worker.worker_id
                 worker.inflight.add(request.request_id)
                 batches.setdefault(worker.worker_id, []).append(request)

@@ -7,9 +7,10 @@ import logging
 
 import grpc
 
+from scheduler import metrics
 from scheduler.core import AdmissionError, SchedulerCore
 from scheduler.registry import WorkerHandle
-from services import codec
+from services import codec, tracing
 from services.types import ClusterStatus, WorkerInfo, WorkerRegister, WorkerStats
 
 log = logging.getLogger(__name__)
@@ -22,27 +23,57 @@ _STATUS = {
 }
 
 
+_tracer = tracing.tracer("ferrum.scheduler")
+
+
+def _record_queue_span(pending) -> None:
+    """The time a request waited in the global queue, and where routing sent it, as a child span."""
+    if not pending.dispatched_ns:
+        return
+    span = _tracer.start_span("scheduler.queue", start_time=pending.submitted_ns)
+    span.set_attribute("ferrum.worker_id", pending.worker_id or "")
+    span.set_attribute("ferrum.route_reason", pending.route_reason)
+    if pending.affinity is not None:
+        span.set_attribute("ferrum.prefix_blocks", len(pending.affinity.hashes))
+        span.set_attribute("ferrum.matched_blocks", pending.affinity.matched.get(pending.worker_id, 0))
+    span.end(end_time=pending.dispatched_ns)
+
+
 class SchedulerServicer(codec.SchedulerServicer):
     def __init__(self, core: SchedulerCore):
         self.core = core
 
     async def Generate(self, request, context):
         req = codec.request_from_pb(request)
-        try:
-            pending = self.core.submit(req, await self.core.affinity(req))
-        except AdmissionError as exc:
-            await context.abort(_STATUS[exc.kind], str(exc))
-        try:
-            while True:
-                item = await pending.outputs.get()
-                if isinstance(item, AdmissionError):
-                    await context.abort(_STATUS[item.kind], str(item))
-                yield codec.output_to_pb(item)
-                if item.finished:
-                    return
-        finally:
-            # Runs on normal completion too, where it finds nothing left to cancel.
-            self.core.cancel(req.request_id)
+        parent = tracing.extract(dict(context.invocation_metadata() or ()))
+        with _tracer.start_as_current_span("scheduler.generate", context=parent) as span:
+            span.set_attribute("ferrum.request_id", req.request_id)
+            span.set_attribute("ferrum.model", req.model)
+            req.trace_context = tracing.inject()  # the worker's spans become children of this one
+            status = "ok"
+            try:
+                pending = self.core.submit(req, await self.core.affinity(req))
+            except AdmissionError as exc:
+                metrics.REQUESTS.labels(req.model if exc.kind != "not_found" else "", exc.kind).inc()
+                await context.abort(_STATUS[exc.kind], str(exc))
+            try:
+                while True:
+                    item = await pending.outputs.get()
+                    if isinstance(item, AdmissionError):
+                        status = item.kind
+                        await context.abort(_STATUS[item.kind], str(item))
+                    yield codec.output_to_pb(item)
+                    if item.finished:
+                        status = item.finish_reason
+                        return
+            except asyncio.CancelledError:
+                status = "cancelled"
+                raise
+            finally:
+                # Runs on normal completion too, where it finds nothing left to cancel.
+                self.core.cancel(req.request_id)
+                metrics.REQUESTS.labels(req.model, status).inc()
+                _record_queue_span(pending)
 
     async def Abort(self, request, context):
         found = self.core.is_pending(request.request_id)

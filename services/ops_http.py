@@ -13,6 +13,8 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from services.process_metrics import resident_memory_bytes
+
 
 def metrics_response(registry=REGISTRY) -> web.Response:
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -27,7 +29,8 @@ async def start_ops_server(host: str, port: int, ready: Callable[[], bool],
         return metrics_response()
 
     async def health_handler(_request: web.Request) -> web.Response:
-        body = {"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3)}
+        body = {"status": "ok", "uptime_seconds": round(time.monotonic() - started, 3),
+                "memory_usage_mb": round(resident_memory_bytes() / 2**20, 1)}
         if health is not None:
             body.update(health())
         return web.json_response(body)

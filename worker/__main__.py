@@ -20,6 +20,7 @@ from services.config import WorkerSettings
 from services.logging_setup import configure_logging
 from services.ops_http import start_ops_server
 from services.prefix_index import PrefixIndex, connect
+from services.tracing import setup_tracing
 from services.types import WorkerRegister
 from worker.engine import create_engine
 from worker.engine_config import EngineConfig
@@ -121,6 +122,7 @@ async def drain(engine_loop: EngineLoop, grace_s: float) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.log_level, "worker")
+    setup_tracing("worker")
     torch.set_grad_enabled(False)
     asyncio.run(serve(settings))
 

@@ -15,6 +15,7 @@ import grpc
 from services import codec
 from services.types import RequestOutput, WorkerRegister, WorkerStats
 from worker.engine_loop import EngineLoop
+from worker.request_observer import RequestObserver
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +32,22 @@ class WorkerSession:
         self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue = asyncio.Queue()
         self.engine_loop: EngineLoop | None = None
+        self.observer = RequestObserver()
 
     # Called from the engine thread.
     def post_outputs(self, outputs: list[RequestOutput]) -> None:
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, codec.outputs_msg(outputs))
+        self._loop.call_soon_threadsafe(self._send_outputs, outputs)
 
     def post_stats(self, stats: WorkerStats) -> None:
-        self._loop.call_soon_threadsafe(self._outbox.put_nowait, codec.stats_msg(stats))
+        self._loop.call_soon_threadsafe(self._send_stats, stats)
+
+    def _send_outputs(self, outputs: list[RequestOutput]) -> None:
+        self.observer.outputs(outputs)
+        self._outbox.put_nowait(codec.outputs_msg(outputs))
+
+    def _send_stats(self, stats: WorkerStats) -> None:
+        self.observer.stats(stats)
+        self._outbox.put_nowait(codec.stats_msg(stats))
 
     async def _upstream(self):
         yield codec.register_msg(self.register)
@@ -56,6 +66,7 @@ class WorkerSession:
             finally:
                 self.registered.clear()
                 self.engine_loop.abort_all()
+                self.observer.aborted()
                 self._outbox = asyncio.Queue()
             await asyncio.sleep(backoff)
             backoff = min(_BACKOFF_MAX_S, backoff * 2)
@@ -72,6 +83,8 @@ class WorkerSession:
                 kind, payload = codec.decode_scheduler_msg(message)
                 if kind == "assign":
                     for request in payload:
+                        self.observer.assigned(request)
                         self.engine_loop.add(request)
                 else:
+                    self.observer.aborted(payload)
                     self.engine_loop.abort(payload)
