@@ -48,3 +48,31 @@ bench-quick: setup
 
 clean:
 	rm -rf $(VENV) services/_generated
+
+# ---------------------------------------------------------------- deployment
+IMAGE ?= ferrum-infer
+TORCH_VARIANT ?= cpu
+COMPOSE ?= docker compose
+CHART := helm/ferrum-infer
+
+.PHONY: image compose-up compose-down chart-lint chart-template
+
+# Container image: make image (CPU), make image TORCH_VARIANT=cuda (CUDA build).
+image:
+	docker build --build-arg TORCH_VARIANT=$(TORCH_VARIANT) -t $(IMAGE):$(TORCH_VARIANT) .
+
+# One-machine cluster on http://localhost:8080; WORKERS=3 scales, GPU=1 adds the CUDA override.
+compose-up:
+	$(COMPOSE) $(if $(GPU),-f docker-compose.yml -f docker-compose.gpu.yml) up --build -d --scale worker=$(or $(WORKERS),1)
+
+compose-down:
+	$(COMPOSE) $(if $(GPU),-f docker-compose.yml -f docker-compose.gpu.yml) down
+
+# helm lint/template with the helm binary when present, else Helm's Go SDK (test extra).
+chart-lint: $(STAMP)
+	@if command -v helm >/dev/null 2>&1; then helm lint --strict $(CHART); \
+	else $(PY) -m tests.deploy.helm_sdk lint; fi
+
+chart-template: $(STAMP)
+	@if command -v helm >/dev/null 2>&1; then helm template ferrum-infer $(CHART) $(if $(VALUES),-f $(VALUES)); \
+	else $(PY) -m tests.deploy.helm_sdk template $(if $(VALUES),-f $(VALUES)); fi
