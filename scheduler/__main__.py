@@ -39,7 +39,7 @@ def parse_settings(argv: list[str] | None = None) -> SchedulerSettings:
 
 
 async def serve(settings: SchedulerSettings) -> None:
-    router = PrefixRouter(settings.routing_policy, settings.redis_url)
+    router = PrefixRouter(settings.routing_policy, settings.redis_url, settings.index_sweep_interval_s)
     core = SchedulerCore(settings.max_queue, settings.worker_wait_s, router, settings.max_queue_per_model)
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),

@@ -24,7 +24,6 @@ from services.prefix_index import PrefixIndex, connect
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_S = 30.0
 RETRY_AFTER_FAILURE_S = 1.0  # while Redis is failing, one request per second probes it; the rest skip it
 
 
@@ -35,8 +34,9 @@ class Affinity:
 
 
 class PrefixRouter:
-    def __init__(self, policy: str, redis_url: str | None):
+    def __init__(self, policy: str, redis_url: str | None, sweep_interval_s: float = 30.0):
         self.policy = policy
+        self.sweep_interval_s = sweep_interval_s
         self.client = connect(redis_url) if redis_url and policy == "cache_aware" else None
         self.speculative = SpeculativeIndex()
         self._indexes: dict[str, PrefixIndex] = {}
@@ -88,11 +88,11 @@ class PrefixRouter:
         self.speculative.forget_worker(worker_id)
 
     async def sweep_forever(self, models) -> None:
-        """Remove index entries of dead workers and old epochs, every SWEEP_INTERVAL_S."""
+        """Remove index entries of dead workers and old epochs, every sweep_interval_s."""
         if self.client is None:
             return
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await asyncio.sleep(self.sweep_interval_s)
             for model in models():
                 try:
                     index = self._index(model)

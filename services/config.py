@@ -93,6 +93,7 @@ class SchedulerSettings(_Settings):
     redis_url: str | None = None
     max_queue: int = Field(1024, ge=1)
     routing_policy: Literal["cache_aware", "least_loaded", "round_robin"] = "cache_aware"
+    index_sweep_interval_s: float = Field(30.0, gt=0)  # how often dead workers' index entries are removed
     max_queue_per_model: int = Field(1024, ge=1)
     # How long a request waits for a worker of its model to appear before failing with 503.
     worker_wait_s: float = Field(30.0, ge=0)

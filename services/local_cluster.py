@@ -23,6 +23,7 @@ import grpc
 
 from services import codec
 from services.redis_server import RedisServer
+from services.types import ClusterStatus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,6 +155,9 @@ class LocalCluster:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def metrics_url(self, proc: _Proc) -> str:
+        return f"http://127.0.0.1:{proc.env['FERRUM_INFER_METRICS_PORT']}/metrics"
+
     # ------------------------------------------------------------------ chaos helpers
 
     def kill_worker(self, index: int) -> None:
@@ -166,13 +170,18 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ readiness
 
-    def live_workers(self) -> int:
+    def status(self) -> ClusterStatus | None:
+        """The scheduler's view (workers with their last stats, queue), or None if it does not answer."""
         try:
             with grpc.insecure_channel(self.scheduler_addr) as channel:
                 reply = codec.SchedulerStub(channel).ClusterStatus(codec.messages.ClusterStatusRequest(), timeout=2)
-            return len(reply.workers)
+            return codec.cluster_status_from_pb(reply)
         except grpc.RpcError:
-            return -1
+            return None
+
+    def live_workers(self) -> int:
+        status = self.status()
+        return len(status.workers) if status else -1
 
     def wait_for_workers(self, count: int) -> None:
         self._wait(lambda: self.live_workers() >= count, f"{count} worker(s) to register")

@@ -32,6 +32,7 @@ class RedisServer:
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
+        Path(self._dir).mkdir(parents=True, exist_ok=True)  # stop() removes it; a restart recreates it
         self._proc = subprocess.Popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", self._dir, "--logfile", str(self._log_path)],
