@@ -1,0 +1,75 @@
+"""POST /v1/chat/completions and /v1/completions: parse -> tokenize -> plan -> serve.
+
+Each request runs inside one OpenTelemetry span whose context travels with every upstream
+Generate call, so the scheduler's and worker's spans join the same trace.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.context import CONTEXT, MODEL_LABEL, GatewayContext
+from gateway.errors import OpenAIError
+from gateway.planning import GenerationPlan, plan_generation
+from gateway.prompts import chat_prompt_ids, completion_prompt_ids
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.responses import ChatShaper, CompletionShaper, ResponseShaper
+from gateway.serving import serve_plan
+from services import tracing
+
+_tracer = tracing.tracer("ferrum.gateway")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    too_large = OpenAIError(413, f"The request body is larger than the limit of {limit} bytes.",
+                            code="request_too_large")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+
+
+async def _body(request: web.Request) -> tuple[GatewayContext, bytes]:
+    ctx = request.app[CONTEXT]
+    ctx.total_requests += 1
+    return ctx, await read_body(request, ctx.settings.max_body_bytes)
+
+
+async def _serve(request: web.Request, ctx: GatewayContext, plan: GenerationPlan, shaper: ResponseShaper,
+                 stream: bool, span) -> web.StreamResponse:
+    span.set_attribute("ferrum.request_id", plan.request_id)
+    span.set_attribute("ferrum.model", plan.model)
+    span.set_attribute("ferrum.choices", len(plan.requests))
+    carrier = tracing.inject()
+    for upstream in plan.requests:
+        upstream.trace_context = dict(carrier)
+    return await serve_plan(request, ctx, plan, shaper, stream)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    with _tracer.start_as_current_span("gateway.chat_completions") as span:
+        ctx, body = await _body(request)
+        req = parse_request(body, ChatCompletionRequest)
+        tokenizer = await ctx.tokenizers.get(req.model)
+        request[MODEL_LABEL] = req.model
+        prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req)
+        max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        plan = plan_generation(req, [prompt], tokenizer, "chatcmpl", "messages", max_param)
+        shaper = ChatShaper(plan.request_id, plan.created, req.model, with_logprobs=req.logprobs_k() >= 0,
+                            include_usage=req.include_usage)
+        return await _serve(request, ctx, plan, shaper, bool(req.stream), span)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    with _tracer.start_as_current_span("gateway.completions") as span:
+        ctx, body = await _body(request)
+        req = parse_request(body, CompletionRequest)
+        tokenizer = await ctx.tokenizers.get(req.model)
+        request[MODEL_LABEL] = req.model
+        prompts = await ctx.run_blocking(completion_prompt_ids, tokenizer, req)
+        plan = plan_generation(req, prompts, tokenizer, "cmpl", "prompt", "max_tokens")
+        shaper = CompletionShaper(plan.request_id, plan.created, req.model,
+                                  with_logprobs=req.logprobs_k() >= 0, include_usage=req.include_usage)
+        return await _serve(request, ctx, plan, shaper, bool(req.stream), span)

@@ -1,0 +1,73 @@
+"""Runs a request's choices as concurrent upstream streams and merges them into one.
+
+Invariants: every choice's GenerateRequest runs in its own task; deltas come out in arrival
+order, a choice's own deltas in its order; when the consumer stops early (client gone, deadline,
+error) every upstream iteration is closed, which cancels its gRPC call and so aborts the work on
+the worker. A choice whose stop string matched closes its stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from contextlib import aclosing
+
+from gateway.choice_decoder import ChoiceDecoder, ChoiceDelta
+from gateway.errors import OpenAIError, from_scheduler, internal, unavailable
+from gateway.scheduler_client import SchedulerApi, SchedulerError
+from services.types import FINISH_ABORT, FINISH_ERROR, GenerateRequest, RequestOutput
+
+log = logging.getLogger(__name__)
+QUEUED_DELTAS_PER_CHOICE = 8
+
+
+def _failed_output(output: RequestOutput) -> OpenAIError:
+    if output.finish_reason == FINISH_ABORT:
+        return unavailable(output.error or "the serving side aborted the request")
+    return internal(output.error or "generation failed on the worker")
+
+
+async def merged_deltas(client: SchedulerApi, executor: Executor, requests: Sequence[GenerateRequest],
+                        decoders: Sequence[ChoiceDecoder]) -> AsyncIterator[ChoiceDelta]:
+    """Yield non-empty deltas of all choices until each has finished; raise the first OpenAIError
+    any choice hits. Always use inside `aclosing` so early exits cancel the upstream calls."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[ChoiceDelta | OpenAIError] = asyncio.Queue(
+        maxsize=QUEUED_DELTAS_PER_CHOICE * len(requests))
+
+    async def pump(request: GenerateRequest, decoder: ChoiceDecoder) -> None:
+        try:
+            async with aclosing(client.generate(request)) as outputs:
+                async for output in outputs:
+                    if output.finish_reason in (FINISH_ERROR, FINISH_ABORT):
+                        raise _failed_output(output)
+                    delta = await loop.run_in_executor(executor, decoder.consume, output)
+                    await queue.put(delta)
+                    if delta.finish_reason is not None:
+                        return
+            raise internal(f"the stream of {request.request_id} ended without a finish reason")
+        except OpenAIError as e:
+            await queue.put(e)
+        except SchedulerError as e:
+            await queue.put(from_scheduler(e.code, e.message, request.model, e.retry_after_s))
+        except Exception as e:
+            log.exception("choice %s failed", request.request_id, extra={"request_id": request.request_id})
+            await queue.put(internal(f"generation failed: {type(e).__name__}"))
+
+    tasks = [asyncio.create_task(pump(r, d)) for r, d in zip(requests, decoders, strict=True)]
+    try:
+        unfinished = len(tasks)
+        while unfinished:
+            item = await queue.get()
+            if isinstance(item, OpenAIError):
+                raise item
+            if item.finish_reason is not None:
+                unfinished -= 1
+            if not item.empty:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,66 @@
+"""One model's tokenizer, loaded from the files a worker registered (the gateway has no model dir).
+
+Every method here is blocking; callers run them in the gateway's executor, never on the loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from gateway.token_text import TokenTexts
+from services.types import TokenizerBundle
+
+
+def _safe_file_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
+
+
+def import_backend() -> None:
+    """Import transformers (seconds of work) ahead of the first tokenizer that needs it."""
+    import transformers  # noqa: F401
+
+
+class ModelTokenizer:
+    """Tokenizer, chat template and limits of one (model, revision)."""
+
+    def __init__(self, bundle: TokenizerBundle):
+        from transformers import AutoTokenizer  # heavy: see import_backend
+
+        unsafe = [n for n in bundle.files if not _safe_file_name(n)]
+        if unsafe:
+            raise ValueError(f"tokenizer bundle of {bundle.model!r} has unsafe file names: {unsafe}")
+        workdir = Path(tempfile.mkdtemp(prefix="ferrum-tokenizer-"))
+        try:
+            for name, data in bundle.files.items():
+                (workdir / name).write_bytes(data)
+            self.tokenizer = AutoTokenizer.from_pretrained(str(workdir))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        self.model = bundle.model
+        self.revision = bundle.revision
+        self.max_model_len = bundle.max_model_len
+        self.vocab_size = len(self.tokenizer)
+        self.texts = TokenTexts(self.tokenizer)
+        # The Rust tokenizer's encode path mutates truncation/padding state and refuses
+        # concurrent use ("Already borrowed"); decoding is read-only.
+        self._encode_lock = threading.Lock()
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        with self._encode_lock:
+            return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        """The prompt text for a conversation, ending where the assistant's reply begins."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def decode(self, token_ids: list[int]) -> str:
+        """Text of `token_ids` without special tokens, spaces left exactly as decoded."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True,
+                                     clean_up_tokenization_spaces=False)

@@ -1,0 +1,230 @@
+"""Request bodies of the OpenAI endpoints as pydantic models: the gateway's whole input contract.
+
+Parsing is strict (no string-to-number coercion, no NaN or infinity) and unknown fields are
+ignored, as OpenAI and vLLM do. Limits a client can hit, chosen to bound the work one request can
+cause (each is also in /openapi.json):
+
+- `n` <= MAX_N; prompts per completions request <= MAX_PROMPTS; prompts x n <= MAX_CHOICES
+- `stop`: at most MAX_STOP_STRINGS strings of 1..MAX_STOP_LENGTH characters
+- `stop_token_ids`: at most MAX_STOP_TOKEN_IDS ids; `logprobs` / `top_logprobs` <= MAX_TOP_LOGPROBS
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
+
+from gateway.errors import from_validation_error, invalid_request
+
+MAX_N = 16
+MAX_PROMPTS = 64
+MAX_CHOICES = 64
+MAX_STOP_STRINGS = 32
+MAX_STOP_LENGTH = 256
+MAX_STOP_TOKEN_IDS = 256
+MAX_TOP_LOGPROBS = 20
+MAX_MESSAGES = 4096
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+DEFAULT_TEMPERATURE = 1.0  # OpenAI's default; send temperature=0 for greedy decoding
+
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+def _check_stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    strings = [value] if isinstance(value, str) else value
+    if not isinstance(strings, list) or not all(isinstance(s, str) for s in strings):
+        raise PydanticCustomError("stop_type", "must be a string or a list of strings")
+    if len(strings) > MAX_STOP_STRINGS:
+        raise PydanticCustomError("stop_count", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+    for s in strings:
+        if not 1 <= len(s) <= MAX_STOP_LENGTH:
+            raise PydanticCustomError(
+                "stop_length", f"each stop string must have 1 to {MAX_STOP_LENGTH} characters")
+    return strings
+
+
+_STOP_SCHEMA = {"anyOf": [
+    {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LENGTH},
+    {"type": "array", "maxItems": MAX_STOP_STRINGS,
+     "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_LENGTH}},
+    {"type": "null"},
+]}
+
+
+class SamplingFields(_Strict):
+    """Fields shared by chat and text completions (OpenAI's plus vLLM's extras)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int | None = Field(None, ge=1, le=MAX_N)
+    stop: Annotated[Any, WithJsonSchema(_STOP_SCHEMA)] = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=1024)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    # vLLM extras
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    ignore_eos: bool | None = None
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
+    min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
+    priority: int | None = Field(None, ge=-INT32_MAX, le=INT32_MAX)
+    cache_salt: str | None = Field(None, min_length=1, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _valid_stop(cls, value: Any) -> list[str]:
+        return _check_stop(value)
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return self.stop or []
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def logprobs_k(self) -> int:
+        """Alternatives per position to ask the worker for, or -1 for no logprobs at all."""
+        return -1
+
+    def check(self) -> None:
+        """Cross-field rules pydantic cannot express per field; raises a 400 naming the field."""
+        if self.stream_options is not None and not self.stream:
+            raise invalid_request("stream_options: only allowed when stream is true",
+                                  param="stream_options")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = Field(None, max_length=256)
+
+    def for_template(self) -> dict[str, str]:
+        """The message as chat templates expect it: role and one string of content."""
+        if isinstance(self.content, list):
+            text = "".join(p.text for p in self.content)
+        else:
+            text = self.content or ""
+        message = {"role": self.role, "content": text}
+        if self.name:
+            message["name"] = self.name
+        return message
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def logprobs_k(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else -1
+
+    def check(self) -> None:
+        super().check()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
+
+
+def _check_prompt(value: Any) -> list[str] | list[list[int]]:
+    """Normalise a prompt to a list of strings or a list of token-id lists."""
+    def is_id(x: Any) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not value:
+        raise PydanticCustomError("prompt_type", "must be a string, a list of strings, a list of token "
+                                                 "ids or a list of token-id lists, and not empty")
+    if all(isinstance(p, str) for p in value):
+        prompts: list = value
+    elif all(is_id(t) for t in value):
+        prompts = [value]
+    elif all(isinstance(p, list) and p and all(is_id(t) for t in p) for p in value):
+        prompts = value
+    else:
+        raise PydanticCustomError("prompt_type", "must be a string, a list of strings, a list of token "
+                                                 "ids or a list of non-empty token-id lists")
+    if len(prompts) > MAX_PROMPTS:
+        raise PydanticCustomError("prompt_count", f"at most {MAX_PROMPTS} prompts per request")
+    for p in prompts:
+        if isinstance(p, list) and any(not 0 <= t <= INT32_MAX for t in p):
+            raise PydanticCustomError("prompt_token", "token ids must be non-negative 32-bit integers")
+    return prompts
+
+
+_TOKEN_LIST_SCHEMA = {"type": "array", "minItems": 1,
+                      "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}}
+_PROMPT_SCHEMA = {"anyOf": [
+    {"type": "string"},
+    {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": {"type": "string"}},
+    _TOKEN_LIST_SCHEMA,
+    {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": _TOKEN_LIST_SCHEMA},
+]}
+
+
+class CompletionRequest(SamplingFields):
+    prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)]
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    echo: bool | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _valid_prompt(cls, value: Any) -> list[str] | list[list[int]]:
+        return _check_prompt(value)
+
+    def logprobs_k(self) -> int:
+        return -1 if self.logprobs is None else self.logprobs
+
+    def check(self) -> None:
+        super().check()
+        if self.echo:
+            raise invalid_request("echo: echoing the prompt is not supported", param="echo")
+        if self.best_of is not None and self.best_of != (self.n or 1):
+            raise invalid_request("best_of: only best_of equal to n is supported", param="best_of")
+        if len(self.prompt) * (self.n or 1) > MAX_CHOICES:
+            raise invalid_request(f"n: prompts x n may be at most {MAX_CHOICES}", param="n")
+
+
+RequestT = TypeVar("RequestT", bound=SamplingFields)
+
+
+def parse_request(body: bytes, model: type[RequestT]) -> RequestT:
+    """Validate a raw JSON body; any problem becomes a 400 OpenAIError naming the field."""
+    try:
+        request = model.model_validate_json(body)
+    except ValidationError as e:
+        raise from_validation_error(e) from None
+    request.check()
+    return request

@@ -1,0 +1,145 @@
+"""SchedulerClient against a real grpc.aio server that plays the scheduler's part of the contract."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+
+import grpc
+import pytest
+
+from gateway.scheduler_client import SchedulerClient, SchedulerError
+from services import codec
+from services.types import GenerateRequest, ModelInfo, RequestOutput, SamplingParams, TokenizerBundle
+
+BUNDLE = TokenizerBundle("m", {"tokenizer.json": b"{}"}, 512, [0], "rev1")
+
+
+class ScriptedScheduler(codec.SchedulerServicer):
+    """Generate streams three single-token outputs, or fails as the request's model name says."""
+
+    def __init__(self, hang_before_output: bool = False):
+        self.hang_before_output = hang_before_output
+        self.called = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.metadata: dict[str, str] = {}
+        self.calls = 0
+
+    async def Generate(self, request, context):
+        self.calls += 1
+        self.called.set()
+        self.metadata = dict(context.invocation_metadata() or ())
+        if request.model == "missing":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "The model `missing` does not exist.")
+        if request.model == "full":
+            context.set_trailing_metadata((("retry-after", "5"),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+        if self.hang_before_output:
+            await asyncio.Event().wait()
+        try:
+            for i in range(3):
+                finish = "length" if i == 2 else ""
+                yield codec.output_to_pb(RequestOutput(request.request_id, [i], finish_reason=finish))
+            if request.model == "endless":
+                await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def ListModels(self, request, context):
+        return codec.models_to_pb([ModelInfo("m", 512, 2, 1700000000)])
+
+    async def GetTokenizer(self, request, context):
+        if request.model != "m":
+            await context.abort(grpc.StatusCode.NOT_FOUND, "no such model")
+        return codec.tokenizer_to_pb(BUNDLE)
+
+
+@pytest.fixture
+async def scheduler():
+    servicer = ScriptedScheduler()
+    server = grpc.aio.server()
+    codec.add_scheduler_servicer(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = SchedulerClient(f"127.0.0.1:{port}")
+    yield servicer, client
+    await client.close()
+    await server.stop(None)
+
+
+def request(model: str) -> GenerateRequest:
+    return GenerateRequest("req-1", model, [1, 2, 3], SamplingParams(max_tokens=3),
+                           trace_context={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
+
+
+async def test_generate_streams_outputs_and_sends_trace_context(scheduler):
+    servicer, client = scheduler
+    received = [o async for o in client.generate(request("m"))]
+    assert [o.token_ids for o in received] == [[0], [1], [2]]
+    assert received[-1].finish_reason == "length"
+    assert servicer.metadata["traceparent"].startswith("00-0af7651916cd43dd")
+
+
+async def test_closing_the_iteration_cancels_the_call_on_the_scheduler(scheduler):
+    servicer, client = scheduler
+    async with aclosing(client.generate(request("endless"))) as outputs:
+        async for output in outputs:
+            if output.finish_reason:
+                break
+    await asyncio.wait_for(servicer.cancelled.wait(), 10)
+
+
+@pytest.mark.parametrize("model, code", [("missing", "NOT_FOUND"), ("full", "RESOURCE_EXHAUSTED")])
+async def test_refusals_surface_as_scheduler_errors(scheduler, model, code):
+    servicer, client = scheduler
+    with pytest.raises(SchedulerError) as caught:
+        async for _ in client.generate(request(model)):
+            pass
+    assert caught.value.code == code
+    if code == "RESOURCE_EXHAUSTED":
+        assert caught.value.retry_after_s == 5
+    assert servicer.calls == 1  # answered by the scheduler itself: never retried
+
+
+async def test_unary_calls_convert_to_internal_types(scheduler):
+    _, client = scheduler
+    assert await client.list_models() == [ModelInfo("m", 512, 2, 1700000000)]
+    assert await client.get_tokenizer("m") == BUNDLE
+    with pytest.raises(SchedulerError) as caught:
+        await client.get_tokenizer("other")
+    assert caught.value.code == "NOT_FOUND"
+
+
+async def test_unreachable_scheduler_is_unavailable():
+    client = SchedulerClient("127.0.0.1:1", reconnect_window_s=0.5)
+    try:
+        with pytest.raises(SchedulerError) as caught:
+            async for _ in client.generate(request("m")):
+                pass
+    finally:
+        await client.close()
+    assert caught.value.code == "UNAVAILABLE"
+
+
+async def test_generate_without_output_is_retried_when_the_scheduler_restarts():
+    first, second = ScriptedScheduler(hang_before_output=True), ScriptedScheduler()
+    server = grpc.aio.server()
+    codec.add_scheduler_servicer(first, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = SchedulerClient(f"127.0.0.1:{port}", reconnect_window_s=20)
+    restarted = grpc.aio.server()
+    try:
+        waiting = asyncio.create_task(anext(client.generate(request("m"))))
+        await asyncio.wait_for(first.called.wait(), 10)
+        await server.stop(None)
+        codec.add_scheduler_servicer(second, restarted)
+        restarted.add_insecure_port(f"127.0.0.1:{port}")
+        await restarted.start()
+        output = await asyncio.wait_for(waiting, 20)
+    finally:
+        await client.close()
+        await restarted.stop(None)
+    assert output.token_ids == [0]
+    assert second.calls == 1
