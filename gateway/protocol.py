@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import from_validation_error, invalid_request
@@ -125,6 +125,13 @@ class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        # Only an assistant turn may come without content (OpenAI's rule, for tool calls).
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a `{self.role}` message needs `content`")
+        return self
 
     def for_template(self) -> dict[str, str]:
         """The message as chat templates expect it: role and one string of content."""

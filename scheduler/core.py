@@ -58,8 +58,20 @@ class SchedulerCore:
         self._pending: dict[str, Pending] = {}
         self._arrivals = itertools.count()
         self._wake = asyncio.Event()
+        self._joined = asyncio.Event()  # set and replaced whenever a worker joins
+        self._started = time.monotonic()
 
     # ------------------------------------------------------------------ requests
+
+    async def wait_for_model(self, model: str) -> None:
+        """While the scheduler is younger than worker_wait_s, a request for a model no worker has
+        registered yet waits for one (a restarted scheduler learns its models as workers reconnect)."""
+        deadline = self._started + self.worker_wait_s
+        while not self.registry.knows(model) and (remaining := deadline - time.monotonic()) > 0:
+            try:
+                await asyncio.wait_for(self._joined.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def affinity(self, request: GenerateRequest) -> Affinity | None:
         """Which workers already hold how much of this prompt (None for an unknown model)."""
@@ -132,6 +144,8 @@ class SchedulerCore:
         if old is not None:
             self.worker_left(old.worker_id)
         self.registry.add(handle)
+        self._joined.set()
+        self._joined = asyncio.Event()
         log.info("worker %s joined serving %s (epoch %d)", handle.worker_id, handle.model, handle.info.epoch)
         self._wake.set()
 

@@ -52,6 +52,7 @@ class SchedulerServicer(codec.SchedulerServicer):
             req.trace_context = tracing.inject()  # the worker's spans become children of this one
             status = "ok"
             try:
+                await self.core.wait_for_model(req.model)
                 pending = self.core.submit(req, await self.core.affinity(req))
             except AdmissionError as exc:
                 metrics.REQUESTS.labels(req.model if exc.kind != "not_found" else "", exc.kind).inc()
@@ -84,6 +85,7 @@ class SchedulerServicer(codec.SchedulerServicer):
         return codec.models_to_pb(self.core.registry.served_models())
 
     async def GetTokenizer(self, request, context):
+        await self.core.wait_for_model(request.model)
         bundle = self.core.registry.tokenizer(request.model)
         if bundle is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"The model `{request.model}` does not exist.")

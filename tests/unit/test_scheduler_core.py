@@ -103,3 +103,20 @@ async def test_request_for_a_model_without_workers_fails_after_the_wait():
     error = await pending.outputs.get()
     assert isinstance(error, AdmissionError) and error.kind == "unavailable"
     assert len(core.queue) == 0
+
+
+async def test_young_scheduler_waits_for_a_model_to_register():
+    core = SchedulerCore(max_queue=10, worker_wait_s=30)
+    waiter = asyncio.create_task(core.wait_for_model("m"))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    core.worker_joined(handle("w1"))
+    await asyncio.wait_for(waiter, 1)
+    assert core.submit(req("r")).request.request_id == "r"
+
+
+async def test_old_scheduler_refuses_unknown_models_at_once():
+    core = SchedulerCore(max_queue=10, worker_wait_s=0)
+    await asyncio.wait_for(core.wait_for_model("m"), 1)
+    with pytest.raises(AdmissionError):
+        core.submit(req("r"))
