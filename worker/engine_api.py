@@ -13,6 +13,11 @@ from typing import Protocol
 from services.types import GenerateRequest, RequestOutput, WorkerStats
 
 
+class BlockEvents(Protocol):
+    stored: list[bytes]
+    removed: list[bytes]
+
+
 class RequestRejected(ValueError):
     """Raised by `add_request` for a request this engine can never serve (e.g. longer than its cache)."""
 
@@ -48,8 +53,9 @@ class Engine(Protocol):
     def stats(self) -> WorkerStats:
         """A snapshot for the scheduler: running, waiting, KV blocks, prefix hits, tokens/s."""
 
-    def take_block_events(self) -> tuple[list[bytes], list[bytes]]:
-        """Hashes of full blocks that became cached, and that were evicted, since the last call."""
+    def take_block_events(self) -> BlockEvents:
+        """Hashes of full blocks that became cached (`stored`) and that were evicted (`removed`)
+        since the last call."""
 
     def cached_block_hashes(self) -> list[bytes]:
         """Every block hash the prefix cache holds now (for a full republish to the index)."""

@@ -123,9 +123,9 @@ class EngineLoop:
             if outputs:
                 self._on_outputs(outputs)
             if self._on_block_events is not None:
-                stored, removed = self.engine.take_block_events()
-                if stored or removed:
-                    self._on_block_events(stored, removed)
+                events = self.engine.take_block_events()
+                if events.stored or events.removed:
+                    self._on_block_events(events.stored, events.removed)
             now = time.monotonic()
             if now - last_stats >= STATS_INTERVAL_S or self.draining != reported_draining:
                 last_stats = now
