@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import openai
-import pytest
-
 from services.local_cluster import LocalCluster, WorkerSpec
 
 MODEL = "tiny-llama"
@@ -21,20 +19,8 @@ def client_for(cluster: LocalCluster, timeout: float = 120) -> openai.OpenAI:
     return openai.OpenAI(base_url=cluster.base_url, api_key="unused", max_retries=0, timeout=timeout)
 
 
-@pytest.fixture
-def greedy_reference(tiny_llama_dir):
-    """Token-exact greedy text of transformers for (prompt, max_new_tokens), EOS ignored."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-
-    def generate(prompt: str, max_new_tokens: int) -> str:
-        ids = tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-    return generate
+def uninterrupted(client: openai.OpenAI, prompt: str, max_tokens: int) -> str:
+    """The greedy text of an undisturbed run through the cluster (EOS ignored): what a disturbed
+    run must reproduce exactly."""
+    return client.completions.create(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0,
+                                     extra_body={"ignore_eos": True}).choices[0].text

@@ -7,17 +7,18 @@ import threading
 import openai
 import pytest
 
-from tests.chaos.conftest import MODEL, client_for, make_cluster
+from tests.chaos.conftest import MODEL, client_for, make_cluster, uninterrupted
 from tests.e2e.conftest import scrape, wait_until
 
 pytestmark = pytest.mark.cluster
 
 
-def test_killed_worker_streams_continue_on_another_worker(tiny_llama_dir, greedy_reference):
+def test_killed_worker_streams_continue_on_another_worker(tiny_llama_dir):
     prompts = ["Once upon a time", "The history of the", "Permission is hereby granted", "In the beginning"]
     max_tokens = 400
     with make_cluster(tiny_llama_dir, workers=2) as cluster:
         client = client_for(cluster)
+        expected = [uninterrupted(client, prompt, max_tokens) for prompt in prompts]
         texts: dict[int, list[str]] = {i: [] for i in range(len(prompts))}
         started = threading.Barrier(len(prompts) + 1)
         errors = []
@@ -47,7 +48,7 @@ def test_killed_worker_streams_continue_on_another_worker(tiny_llama_dir, greedy
         requeued = scrape(cluster.metrics_url(cluster.scheduler))
         assert requeued.get(f"ferrum_infer_requeued_requests_total{{model={MODEL}}}", 0) > 0
         for i, prompt in enumerate(prompts):
-            assert "".join(texts[i]) == greedy_reference(prompt, max_tokens), prompt
+            assert "".join(texts[i]) == expected[i], prompt
         wait_until(lambda: cluster.status().queued == 0 and all(
             w.stats.running == 0 for w in cluster.status().workers), what="queues to drain")
 
