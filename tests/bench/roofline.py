@@ -1,0 +1,63 @@
+"""The machine's roofline for a workload: how many output tokens/s a perfect engine could reach.
+
+A perfect engine spends its time only in the model's matmuls, batched as wide as the workload
+allows. So the bench times exactly those matmuls here, with torch, in the chosen dtype, with all
+of the model's layers' weights (so memory traffic is real: decode at small batch is bound by
+streaming the weights, not by arithmetic) at M rows: M = the concurrency for decode steps (one
+token per running sequence) and PREFILL_ROWS for prompt processing. Roofline time of a workload =
+prefill FLOPs / rate(PREFILL_ROWS) + decode FLOPs / rate(concurrency); attention FLOPs are
+charged at the same rate (an approximation in the ideal engine's favour at long contexts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.bench.flops import ModelShape, WorkloadFlops
+
+PREFILL_ROWS = 512
+MIN_MEASURE_S = 0.5
+
+
+def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads: int) -> dict[int, float]:
+    """FLOP/s of one pass over every linear of the model (lm_head included) at each row count,
+    from the fastest of repeated passes (a roofline is a bound: the best the machine showed).
+
+    Runs in its own process (call through isolated.call): allocates the model's weight shapes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch_dtype = getattr(torch, dtype)
+    generator = torch.Generator().manual_seed(0)
+    linears = [(i, o) for _ in range(shape.layers) for i, o in shape.layer_linears()]
+    linears.append((shape.hidden, shape.vocab))
+    weights = [torch.randn(o, i, generator=generator).to(torch_dtype) * 0.02 for i, o in linears]
+    flops_per_row = 2 * sum(i * o for i, o in linears)
+    rates = {}
+    with torch.inference_mode():
+        for m in sorted(set(rows)):
+            inputs = {i: torch.randn(m, i, generator=generator).to(torch_dtype) for i in {i for i, _ in linears}}
+
+            def one_pass() -> None:
+                for (i, _), weight in zip(linears, weights):
+                    torch.nn.functional.linear(inputs[i], weight)
+
+            one_pass()
+            timings, started = [], time.perf_counter()
+            while len(timings) < 3 or time.perf_counter() - started < MIN_MEASURE_S:
+                before = time.perf_counter()
+                one_pass()
+                timings.append(time.perf_counter() - before)
+            rates[m] = flops_per_row * m / min(timings)
+    return rates
+
+
+def roofline_tokens_per_s(flops: WorkloadFlops, rates: dict[int, float], concurrency: int) -> float:
+    """Output tokens/s of a perfect engine; `rates` must hold PREFILL_ROWS and `concurrency`."""
+    seconds = flops.prefill / rates[PREFILL_ROWS] + flops.decode / rates[concurrency]
+    return flops.output_tokens / seconds if seconds > 0 else 0.0
+
+
+def default_threads() -> int:
+    return os.cpu_count() or 1

@@ -1,0 +1,81 @@
+"""The Markdown report: ratios side by side on the same run and dtype, variants compared, docs appended."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from tests.bench.report import append_to_docs, markdown
+from tests.bench.results import BenchReport, PlumbingResult, RunResult
+from tests.bench.stats import RunMetrics
+from tests.bench.systems import SystemVariant
+
+
+def _metrics(tok_s: float, ttft_ms: float) -> RunMetrics:
+    return RunMetrics(requests=8, errors=0, cut=0, duration_s=10.0, requests_per_s=0.8, output_tokens_per_s=tok_s,
+                      prompt_tokens=2048, output_tokens=int(tok_s * 10),
+                      ttft_ms={"p50": ttft_ms, "p95": ttft_ms * 2, "p99": ttft_ms * 3},
+                      itl_ms={"p50": 5.0, "p95": 9.0}, e2e_s={"p50": 1.0, "p95": 2.0}, cached_share=None,
+                      first_errors=[])
+
+
+def _result(variant: SystemVariant, run: str, tok_s: float, ttft_ms: float) -> RunResult:
+    concurrency = int(run.split("=")[1])
+    return RunResult(system=variant.label, kind=variant.kind, dtype=variant.dtype, variant=asdict(variant), run=run,
+                     workload="random", workload_description="random in=256 out=128 n=8", concurrency=concurrency,
+                     rate=None, ideal_cached_share=0.0, metrics=_metrics(tok_s, ttft_ms),
+                     roofline_tokens_per_s=400.0, forward_ms=20.0 if variant.kind == "static" else None)
+
+
+def _report() -> BenchReport:
+    fp32, bf16 = SystemVariant("ferrum", "float32"), SystemVariant("ferrum", "bfloat16")
+    peer, static = SystemVariant("peer", "float32"), SystemVariant("static", "float32")
+    results = [_result(fp32, "random c=1", 50.0, 30.0), _result(fp32, "random c=8", 200.0, 40.0),
+               _result(bf16, "random c=8", 500.0, 20.0), _result(peer, "random c=8", 40.0, 160.0),
+               _result(static, "random c=8", 100.0, 80.0), _result(static, "random c=1", 25.0, 24.0)]
+    return BenchReport(started_at="2030-01-02T03:04:05+00:00", finished_at="2030-01-02T03:14:05+00:00",
+                       command="python -m tests.bench --preset default",
+                       machine={"cpu": "Test CPU", "cores": 2, "memory_gib": 24, "torch": "2.13.0",
+                                "transformers": "5.23.0", "python": "3.11.7"},
+                       config={"preset": "default", "dtypes": ["float32", "bfloat16"]},
+                       model={"name": "bench-135m", "architecture": "LlamaForCausalLM", "parameters": 134.5e6},
+                       matmul_flops_per_s={"float32": {8: 4e10, 512: 1e11}}, results=results,
+                       plumbing=PlumbingResult(64, 128, 0, 900.0, 25.0, 10.0))
+
+
+def _row(text: str, prefix: str) -> list[str]:
+    [line] = [line for line in text.splitlines() if line.startswith(prefix)]
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_summary_puts_ferrum_beside_peer_and_static_of_the_same_run_and_dtype():
+    text = markdown(_report(), None, None)
+    summary = text.split("### Details")[0]
+    row = _row(summary, "| random | c=8 | ferrum fp32")
+    assert row[3:] == ["200.0", "40", "5.00×", "2.00×", "0.25×", "50.0"]
+    bf16 = _row(summary, "| random | c=8 | ferrum bf16")
+    assert bf16[5:8] == ["–", "–", "–"], "no bf16 peer or static ran: no ratio"
+    peer = _row(summary, "| random | c=8 | tf-serve-cb fp32")
+    assert peer[5:8] == ["", "", ""]
+
+
+def test_details_relate_ttft_at_concurrency_one_to_one_forward_pass():
+    details = markdown(_report(), None, None).split("### Details")[1].split("###")[0]
+    assert _row(details, "| random | c=1 | ferrum fp32")[-1] == "1.50×"
+    assert _row(details, "| random | c=8 | ferrum fp32")[-1] == "–"
+
+
+def test_variants_differing_in_one_setting_are_compared_and_plumbing_reported():
+    text = markdown(_report(), None, None)
+    compared = _row(text.split("### Ferrum variants compared")[1], "| random | c=8 | dtype")
+    assert compared[3:] == ["ferrum fp32 w1 cache_aware", "ferrum bf16 w1 cache_aware", "0.40×", "2.00×"]
+    plumbing = _row(text.split("### Plumbing")[1], "| 64 |")
+    assert plumbing == ["64", "128/128", "900.0", "25.0", "10.0", "15.0"]
+    assert "python -m tests.bench --preset default" in text and "Test CPU, 2 cores" in text
+
+
+def test_sections_are_appended_after_what_the_docs_already_hold(tmp_path):
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n\nMethod.\n\n## Results\n")
+    append_to_docs(docs, "## run one\n")
+    append_to_docs(docs, "## run two\n")
+    assert docs.read_text() == "# Benchmarks\n\nMethod.\n\n## Results\n\n## run one\n\n## run two\n"
