@@ -23,6 +23,9 @@ from services.types import GenerateRequest, RequestOutput
 
 log = logging.getLogger(__name__)
 
+# Workers reconnect with a backoff of at most 5 s: this long after the first one, all are back.
+REJOIN_WINDOW_S = 6.0
+
 
 class AdmissionError(Exception):
     """A request refused at submit; `kind` picks the gRPC status the servicer answers with."""
@@ -60,18 +63,25 @@ class SchedulerCore:
         self._wake = asyncio.Event()
         self._joined = asyncio.Event()  # set and replaced whenever a worker joins
         self._started = time.monotonic()
+        self._first_join: float | None = None
 
     # ------------------------------------------------------------------ requests
 
     async def wait_for_model(self, model: str) -> None:
-        """While the scheduler is younger than worker_wait_s, a request for a model no worker has
-        registered yet waits for one (a restarted scheduler learns its models as workers reconnect)."""
-        deadline = self._started + self.worker_wait_s
-        while not self.registry.knows(model) and (remaining := deadline - time.monotonic()) > 0:
+        """A restarted scheduler learns its models as workers reconnect: a request for a model it
+        does not know yet waits, for up to worker_wait_s after start, and no longer than
+        REJOIN_WINDOW_S after the first worker came back (the others follow within their backoff)."""
+        while not self.registry.knows(model) and (remaining := self._model_wait_deadline() - time.monotonic()) > 0:
             try:
                 await asyncio.wait_for(self._joined.wait(), remaining)
             except TimeoutError:
                 return
+
+    def _model_wait_deadline(self) -> float:
+        deadline = self._started + self.worker_wait_s
+        if self._first_join is not None:
+            deadline = min(deadline, self._first_join + REJOIN_WINDOW_S)
+        return deadline
 
     async def affinity(self, request: GenerateRequest) -> Affinity | None:
         """Which workers already hold how much of this prompt (None for an unknown model)."""
@@ -144,6 +154,8 @@ class SchedulerCore:
         if old is not None:
             self.worker_left(old.worker_id)
         self.registry.add(handle)
+        if self._first_join is None:
+            self._first_join = time.monotonic()
         self._joined.set()
         self._joined = asyncio.Event()
         log.info("worker %s joined serving %s (epoch %d)", handle.worker_id, handle.model, handle.info.epoch)

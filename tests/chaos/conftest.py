@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import openai
+
 from services.local_cluster import LocalCluster, WorkerSpec
 
 MODEL = "tiny-llama"

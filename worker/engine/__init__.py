@@ -1,0 +1,53 @@
+"""The worker's paged engine: paged KV cache, continuous batching, prefix caching.
+
+`create_engine(model_dir, config)` returns a `worker.engine_api.Engine`. Importing this package
+is cheap; torch and transformers load on the first `create_engine` call, so the pure parts
+(block pool, eviction, scheduler) can be used and tested without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from worker.engine_config import EngineConfig
+
+if TYPE_CHECKING:
+    from worker.engine.paged_engine import PagedEngine
+
+
+def create_engine(
+    model_dir: str, config: EngineConfig, eos_token_ids: Sequence[int] | None = None, num_blocks: int | None = None
+) -> PagedEngine:
+    """Load the causal LM in `model_dir` and allocate its KV cache.
+
+    `eos_token_ids` default to the model's generation_config (else config) eos_token_id;
+    the maximum context defaults to the model's max_position_embeddings. `num_blocks`, when
+    given, sizes the KV cache exactly instead of `config.cache_size_mb` (tests, benchmarks).
+    """
+    from worker.engine.model_runner import ModelRunner
+    from worker.engine.paged_engine import PagedEngine
+
+    runner = ModelRunner(model_dir, config, num_blocks)
+    model_config = runner.model_config
+    if eos_token_ids is None:
+        eos_token_ids = _default_eos(model_dir, model_config)
+    max_model_len = config.max_model_len or model_config.max_position_embeddings
+    return PagedEngine(runner, config, eos_token_ids, max_model_len)
+
+
+def _default_eos(model_dir: str, model_config) -> list[int]:
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
+    except OSError:
+        eos = None
+    if eos is None:
+        eos = getattr(model_config, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+__all__ = ["create_engine"]

@@ -1,0 +1,67 @@
+"""Loads the Hugging Face model and runs one forward pass per engine step."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from worker.engine.decode_workspace import DecodeWorkspace
+from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget
+from worker.engine.paged_attention import ATTENTION_NAME
+from worker.engine.step_inputs import StepInputs
+from worker.engine_config import EngineConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(model_dir: str, name: str) -> torch.dtype:
+    """"auto" is the dtype the checkpoint declares (float32 when it declares none)."""
+    if name != "auto":
+        return _DTYPES[name]
+    declared = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None)
+    if isinstance(declared, str):
+        declared = getattr(torch, declared, None)
+    return declared if isinstance(declared, torch.dtype) else torch.float32
+
+
+class ModelRunner:
+    """Owns the model and the KV cache; `forward` turns step inputs into next-token logits."""
+
+    def __init__(self, model_dir: str, config: EngineConfig, num_blocks: int | None = None) -> None:
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(model_dir, config.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
+        ).to(self.device)
+        self.model.eval()
+        self.model_config = self.model.config
+        self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        shape = KVShape.of(self.model_config)
+        if num_blocks is None:
+            num_blocks = blocks_for_budget(shape, config.block_size, self.dtype, self.device, config.cache_size_mb)
+        self.kv_cache = KVCache(shape, num_blocks, config.block_size, self.dtype, self.device)
+        # The workspace mirrors decoding contexts; capping it at the cache's size bounds the
+        # engine's KV memory at twice the configured budget.
+        self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)
+        self._keeps_logits = "logits_to_keep" in _forward_parameters(self.model)
+
+    @torch.inference_mode()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Logits `[len(inputs.sampled_chunks), vocab]` in the model's dtype, row i for sampled chunk i."""
+        kwargs = {"logits_to_keep": inputs.logits_indices} if self._keeps_logits else {}
+        logits = self.model(
+            input_ids=inputs.input_ids,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+            paged_metadata=inputs.metadata,
+            **kwargs,
+        ).logits[0]
+        if not self._keeps_logits:
+            logits = logits.index_select(0, inputs.logits_indices)
+        return logits
+
+
+def _forward_parameters(model: torch.nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)

@@ -1,0 +1,136 @@
+"""Attention over the paged KV cache, plugged into transformers' attention interface.
+
+The model runs one forward pass per step over a ragged batch flattened into batch dimension 1:
+first the decode tokens (one per sequence), then prefill chunks (several tokens of one sequence
+each). The HF modeling code runs unchanged with `attn_implementation=ATTENTION_NAME`; the
+step's `PagedAttentionMetadata` reaches `paged_attention` as the `paged_metadata` keyword that the
+model runner passes to the model's forward. No mask function is registered for this name, so
+transformers' `create_causal_mask` returns None without building anything (masks are built once
+per step here, from the metadata).
+
+Per layer: the new keys/values are written into the cache at the slot mapping, then
+- decode tokens attend in one batched SDPA call over `[num_decodes, kv_heads, max_context,
+  head_dim]` with a length mask: the rows of the decode workspace (decode_workspace.py), which
+  keeps the decoding contexts from step to step, or, when it is over budget, the block tables
+  gathered by one index_select of contiguous block rows. The query heads sharing a KV head are
+  packed as extra query rows (GQA without repeating K/V);
+- each prefill chunk attends causally over its sequence's cached prefix plus itself (a chunk with
+  no prefix uses the fresh keys directly).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from worker.engine.attention_metadata import PagedAttentionMetadata
+
+ATTENTION_NAME = "ferrum_paged"
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    paged_metadata: PagedAttentionMetadata | None = None,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
+    """`query` `[1, heads, tokens, head_dim]`, `key`/`value` `[1, kv_heads, tokens, head_dim]`;
+    returns `[1, tokens, heads, head_dim]`."""
+    if paged_metadata is None:
+        raise RuntimeError(f"{ATTENTION_NAME} attention needs paged_metadata (run the model via the engine)")
+    if softcap is not None:
+        raise NotImplementedError(f"{ATTENTION_NAME} attention does not support logit softcapping")
+    meta = paged_metadata
+    layer = module.layer_idx
+    key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    num_heads, num_tokens = query.shape[1], query.shape[2]
+    new_keys = key[0].transpose(0, 1)  # [tokens, kv_heads, head_dim]
+    new_values = value[0].transpose(0, 1)
+    _write(key_cache, meta.write_rows, new_keys)
+    _write(value_cache, meta.write_rows, new_values)
+
+    queries = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
+    decode_keys = decode_values = None
+    if meta.num_decodes:
+        decode_keys, decode_values = _decode_context(layer, meta, new_keys, new_values)
+    if not meta.prefills:
+        output = _decode(queries, decode_keys, decode_values, meta, scaling, sliding_window)
+        return output.unsqueeze(0), None
+    output = torch.empty(num_tokens, num_heads, value.shape[-1], dtype=query.dtype, device=query.device)
+    if meta.num_decodes:
+        output[: meta.num_decodes] = _decode(
+            queries[: meta.num_decodes], decode_keys, decode_values, meta, scaling, sliding_window
+        )
+    for index, chunk in enumerate(meta.prefills):
+        rows = slice(chunk.query_start, chunk.query_end)
+        if chunk.context_start == 0:
+            keys, values = new_keys[rows].transpose(0, 1), new_values[rows].transpose(0, 1)
+        else:
+            key_space, value_space = meta.kv_cache.gather_buffers(chunk.context_rows.numel())
+            keys = _gather(key_cache, chunk.context_rows, key_space, 1)[0, :, : chunk.context_len]
+            values = _gather(value_cache, chunk.context_rows, value_space, 1)[0, :, : chunk.context_len]
+        mask = None
+        if chunk.context_start > 0 or sliding_window is not None:
+            mask = meta.prefill_mask(index, sliding_window)
+        output[rows] = _sdpa(queries[rows], keys, values, mask, scaling)
+    return output.unsqueeze(0), None
+
+
+def _write(cache: torch.Tensor, rows: torch.Tensor, new: torch.Tensor) -> None:
+    cache.view(-1, cache.shape[-1]).index_copy_(0, rows, new.reshape(-1, new.shape[-1]))
+
+
+def _gather(cache: torch.Tensor, rows: torch.Tensor, into: torch.Tensor, num_sequences: int) -> torch.Tensor:
+    """`[sequences, kv_heads, context, head_dim]` from gather `rows`, written `into` a scratch buffer."""
+    num_blocks, num_kv_heads, block_size, head_dim = cache.shape
+    torch.index_select(cache.view(num_blocks * num_kv_heads, block_size * head_dim), 0, rows, out=into)
+    return into.view(num_sequences, num_kv_heads, -1, head_dim)
+
+
+def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_values):
+    """The decodes' keys and values `[decodes, kv_heads, context, head_dim]`: the workspace's rows
+    when it holds them, else gathered from the block tables."""
+    if meta.workspace_step is not None:
+        count = meta.num_decodes
+        return meta.workspace.layer_context(layer, meta.workspace_step, new_keys[:count], new_values[:count])
+    key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    key_space, value_space = meta.kv_cache.gather_buffers(meta.decode_rows.numel())
+    keys = _gather(key_cache, meta.decode_rows, key_space, meta.num_decodes)
+    values = _gather(value_cache, meta.decode_rows, value_space, meta.num_decodes)
+    return keys, values
+
+
+def _decode(queries, keys, values, meta: PagedAttentionMetadata, scaling, sliding_window):
+    """All single-token sequences at once: `queries` `[decodes, heads, head_dim]` -> same shape."""
+    num_decodes, num_heads, head_dim = queries.shape
+    num_kv_heads = keys.shape[1]
+    # The query heads sharing a KV head become that head's query rows: GQA without repeating K/V.
+    packed = queries.reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    mask = meta.decode_mask(sliding_window, queries.dtype)
+    output = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scaling)
+    return output.reshape(num_decodes, num_heads, -1)
+
+
+def _sdpa(queries, keys, values, mask, scaling):
+    """One sequence: `queries` `[q, heads, dim]`, `keys`/`values` `[kv_heads, k, dim]` -> `[q, heads, dim]`."""
+    output = F.scaled_dot_product_attention(
+        queries.transpose(0, 1).unsqueeze(0),
+        keys.unsqueeze(0),
+        values.unsqueeze(0),
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scaling,
+        enable_gqa=queries.shape[1] != keys.shape[0],
+    )
+    return output[0].transpose(0, 1)
+
+
+AttentionInterface.register(ATTENTION_NAME, paged_attention)
