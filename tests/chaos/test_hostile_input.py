@@ -63,5 +63,5 @@ def test_hostile_requests_get_4xx_and_never_reach_a_worker(tiny_llama_dir):
         assert status == 400 and "messages" in json.dumps(error)
         assert scrape(worker_metrics).get("ferrum_infer_worker_prompt_tokens_total{}", 0) == before
         status, ok = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2,
-                                                       "unknown_field": {"is": "ignored"}})
+                                                       "ignore_eos": True, "unknown_field": {"is": "ignored"}})
         assert status == 200 and ok["usage"]["completion_tokens"] == 2

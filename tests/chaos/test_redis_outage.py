@@ -25,7 +25,8 @@ def test_serving_survives_redis_and_recovers(tiny_llama_dir):
 
         cluster.redis.stop()
         for i in range(6):
-            r = client.completions.create(model=MODEL, prompt=PREFIX + f"during {i}", max_tokens=4)
+            r = client.completions.create(model=MODEL, prompt=PREFIX + f"during {i}", max_tokens=4,
+                                          extra_body={"ignore_eos": True})
             assert r.usage.completion_tokens == 4
         errors = scrape(cluster.metrics_url(cluster.scheduler))
         assert errors.get("ferrum_infer_redis_errors_total{process=scheduler}", 0) > 0

@@ -22,7 +22,8 @@ def test_scheduler_restart_is_survived(tiny_llama_dir):
         # A request sent while no scheduler answers is retried by the gateway until one does.
         result = {}
         pending = threading.Thread(target=lambda: result.setdefault(
-            "r", client.completions.create(model=MODEL, prompt="Hello", max_tokens=3)))
+            "r", client.completions.create(model=MODEL, prompt="Hello", max_tokens=3,
+                                           extra_body={"ignore_eos": True})))
         pending.start()
         cluster.scheduler.start()
         pending.join(timeout=60)
