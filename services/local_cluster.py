@@ -86,7 +86,7 @@ class LocalCluster:
                  gateway_port: int | None = None, scheduler_port: int | None = None,
                  log_dir: str | Path | None = None, startup_timeout_s: float = 300.0):
         self.worker_specs = workers
-        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ferrum-cluster-"))
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ferrum-cluster-")).resolve()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.startup_timeout_s = startup_timeout_s
         self.gateway_port = gateway_port or free_port()

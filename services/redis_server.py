@@ -28,7 +28,8 @@ class RedisServer:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
         self._dir = tempfile.mkdtemp(prefix="ferrum-redis-")
-        self._log_path = log_path or Path(self._dir) / "redis.log"
+        # absolute: redis-server resolves a relative logfile against its --dir
+        self._log_path = (log_path or Path(self._dir) / "redis.log").resolve()
         self._proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
