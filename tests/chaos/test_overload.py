@@ -3,6 +3,8 @@ dies, and the cluster serves normally right after. Deadlines abort upstream work
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -14,11 +16,18 @@ from tests.e2e.conftest import wait_until
 pytestmark = pytest.mark.cluster
 
 
+def worker_memory_mb(cluster) -> float:
+    url = cluster.metrics_url(cluster.workers[0]).removesuffix("/metrics") + "/health"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())["memory_usage_mb"]
+
+
 def test_burst_ten_times_capacity(tiny_llama_dir):
     env = {"FERRUM_INFER_MAX_QUEUE": "4"}
     worker_env = {"FERRUM_INFER_MAX_NUM_SEQS": "2"}
     with make_cluster(tiny_llama_dir, workers=1, env=env, worker_env=worker_env) as cluster:
         client = client_for(cluster)
+        memory_before = worker_memory_mb(cluster)
 
         def one(i: int):
             try:
@@ -40,6 +49,8 @@ def test_burst_ten_times_capacity(tiny_llama_dir):
         wait_until(lambda: cluster.status().queued == 0 and cluster.status().workers[0].stats.running == 0,
                    what="queue and running to return to zero")
         assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=3).usage.completion_tokens > 0
+        # bounded: the refused requests left nothing behind (a generous margin for allocator noise)
+        assert worker_memory_mb(cluster) < memory_before + 256
 
 
 def test_request_deadline_aborts_upstream(tiny_llama_dir):
