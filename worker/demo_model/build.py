@@ -16,7 +16,13 @@ from worker.demo_model import corpus
 from worker.demo_model.build_info import BuildParams, is_complete_build, write_build_info
 from worker.demo_model.install import install, is_replaceable
 from worker.demo_model.presets import ARCHS, PRESETS, Arch, PresetName, SpecialIds, model_config
-from worker.demo_model.tokenizer import END_OF_TEXT, IM_END, save_for_transformers, token_id, trained_tokenizer
+from worker.demo_model.tokenizer import (
+    END_OF_TEXT,
+    IM_END,
+    save_for_transformers,
+    token_id,
+    trained_tokenizer,
+)
 from worker.demo_model.training import reproducible_torch, train
 from worker.demo_model.training_data import token_stream
 
