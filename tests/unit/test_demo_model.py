@@ -99,7 +99,8 @@ def test_greedy_generation_has_clear_argmax_margins(tiny_dir: Path, tokenizer) -
     """The engine-vs-transformers exactness tests need top-1/top-2 gaps far above fp32 noise (~1e-5)."""
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     chat = [{"role": "user", "content": "Explain os.path.join."}]
-    prompts = ["This module provides", tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)]
+    chat_prompt = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    prompts = ["This module provides", chat_prompt]
     margins = []
     for prompt in prompts:
         inputs = tokenizer(prompt, return_tensors="pt")
