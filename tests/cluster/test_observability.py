@@ -45,12 +45,17 @@ def test_one_trace_spans_gateway_scheduler_and_worker(traced_cluster):
     request_id = response.headers["x-request-id"]
 
     def request_spans():
+        all_spans = spans(traced_cluster)
+        mine = [sp for sp in all_spans if sp["name"] == "gateway.completions"
+                and sp.get("attributes", {}).get("ferrum.request_id") == request_id]
+        if not mine:
+            return None
+        trace_id = mine[0]["context"]["trace_id"]
         by_name = {}
-        for span in spans(traced_cluster):
-            attributes = span.get("attributes", {})
-            if attributes.get("ferrum.request_id", "").startswith(request_id) or span["name"].startswith("gateway."):
+        for span in all_spans:
+            if span["context"]["trace_id"] == trace_id:
                 by_name.setdefault(span["name"], []).append(span)
-        return by_name if {"worker.decode", "scheduler.queue"} <= set(by_name) else None
+        return by_name if {"worker.decode", "scheduler.queue", "scheduler.generate"} <= set(by_name) else None
 
     by_name = wait_until(request_spans, what="spans of every process")
     gateway = by_name["gateway.completions"][-1]
@@ -88,7 +93,8 @@ def test_metrics_move_as_requests_flow(traced_cluster):
     client.completions.create(model=MODEL, prompt="Count me too", max_tokens=4, extra_body={"ignore_eos": True})
     after_gateway = scrape(gateway_url)
     assert after_gateway[ttft] - before_gateway.get(ttft, 0) == 2
-    requests = [k for k in after_gateway if k.startswith("ferrum_infer_requests_total") and "status=200" in k]
+    requests = [k for k in after_gateway if k.startswith("ferrum_infer_requests_total")
+                and "endpoint=/v1/completions" in k and "status=200" in k]
     assert sum(after_gateway[k] - before_gateway.get(k, 0) for k in requests) == 2
     generated = "ferrum_infer_worker_generation_tokens_total{}"
     wait_until(lambda: scrape(worker_url)[generated] - before_worker.get(generated, 0) == 8,

@@ -90,4 +90,5 @@ def test_restarted_worker_stale_entries_never_route_and_are_swept(tiny_llama_dir
         assert scrape(cluster.metrics_url(cluster.scheduler)).get(hits_key, 0) == hits_before
         wait_until(lambda: not (index_entries(cluster).get("worker-0", set()) & old_epochs),
                    what="the sweep to remove the old epoch's entries")
-        assert index_entries(cluster)["worker-0"]  # the new epoch's blocks are indexed
+        # the new epoch's blocks are indexed
+        wait_until(lambda: index_entries(cluster).get("worker-0"), what=f"new entries; index: {index_entries(cluster)}")
