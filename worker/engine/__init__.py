@@ -8,9 +8,11 @@ is cheap; torch and transformers load on the first `create_engine` call, so the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from worker.engine_config import EngineConfig
+from worker.model_source import eos_token_ids as eos_token_ids_of
 
 if TYPE_CHECKING:
     from worker.engine.paged_engine import PagedEngine
@@ -31,23 +33,9 @@ def create_engine(
     runner = ModelRunner(model_dir, config, num_blocks)
     model_config = runner.model_config
     if eos_token_ids is None:
-        eos_token_ids = _default_eos(model_dir, model_config)
+        eos_token_ids = eos_token_ids_of(Path(model_dir))
     max_model_len = config.max_model_len or model_config.max_position_embeddings
     return PagedEngine(runner, config, eos_token_ids, max_model_len)
-
-
-def _default_eos(model_dir: str, model_config) -> list[int]:
-    from transformers import GenerationConfig
-
-    try:
-        eos = GenerationConfig.from_pretrained(model_dir).eos_token_id
-    except OSError:
-        eos = None
-    if eos is None:
-        eos = getattr(model_config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
 
 
 __all__ = ["create_engine"]
