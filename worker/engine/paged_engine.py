@@ -115,10 +115,6 @@ class PagedEngine:
         """Every block hash the prefix cache holds now (for a full republish to the index)."""
         return self.pool.cached_hashes()
 
-    def cached_block_hashes(self) -> list[bytes]:
-        """Every hash the prefix cache holds now (the index publisher's full republish)."""
-        return self.pool.cached_hashes()
-
     # -- internals ------------------------------------------------------------------------------
     def _validate(self, request: GenerateRequest) -> None:
         prompt, params = request.prompt_token_ids, request.sampling
