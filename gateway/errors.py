@@ -48,8 +48,11 @@ def model_not_found(model: str) -> OpenAIError:
                        code="model_not_found")
 
 
-def unavailable(message: str) -> OpenAIError:
-    return OpenAIError(503, message, type=SERVER_ERROR, code="service_unavailable")
+def unavailable(message: str, retry_after_s: int = 1) -> OpenAIError:
+    """503: the serving side cannot take the request now (no worker, scheduler unreachable or
+    draining); always with Retry-After, since it is worth trying again."""
+    return OpenAIError(503, message, type=SERVER_ERROR, code="service_unavailable",
+                       headers={"Retry-After": str(max(1, retry_after_s))})
 
 
 def too_many_requests(message: str, retry_after_s: int = 1) -> OpenAIError:
@@ -94,7 +97,7 @@ def from_scheduler(code: str, message: str, model: str, retry_after_s: int | Non
     if code == "NOT_FOUND":
         return model_not_found(model)
     if code == "UNAVAILABLE":
-        return unavailable(message or f"no worker is serving model `{model}`")
+        return unavailable(message or f"no worker is serving model `{model}`", retry_after_s or 1)
     if code == "RESOURCE_EXHAUSTED":
         return too_many_requests(message or "the server is overloaded", retry_after_s or 1)
     if code == "INVALID_ARGUMENT":

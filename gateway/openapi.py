@@ -1,4 +1,9 @@
-"""The gateway's OpenAPI 3.1 document: request schemas from the pydantic models, paths by hand."""
+"""The gateway's OpenAPI 3.1 document: request schemas from the pydantic models, response schemas
+from gateway/openapi_schemas.py, paths by hand.
+
+Invariant (held by tests/unit/test_gateway_openapi_fuzz.py): every status, content type, header
+and body the gateway answers with is documented here, and a body this document forbids is refused.
+"""
 
 from __future__ import annotations
 
@@ -7,37 +12,39 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from gateway.openapi_schemas import RESPONSE_SCHEMAS, ref, sse_event
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
 
 _REF = "#/components/schemas/{model}"
-_ERROR = {"$ref": "#/components/schemas/ErrorResponse"}
-_ERROR_SCHEMA = {
-    "type": "object", "required": ["error"],
-    "properties": {"error": {"type": "object", "required": ["message", "type"], "properties": {
-        "message": {"type": "string"}, "type": {"type": "string"},
-        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}},
-}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
+                                "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+_OPEN = [{"bearer": []}, {}]  # a key is required only when the gateway has one configured
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
+    """OpenAI error responses; 429 and 503 always say when to retry."""
     return {str(s): {"description": "OpenAI-style error",
-                     "content": {"application/json": {"schema": _ERROR}}} for s in statuses}
+                     "content": {"application/json": {"schema": ref("ErrorResponse")}},
+                     **({"headers": _RETRY_AFTER} if s in (429, 503) else {})} for s in statuses}
 
 
-def _json_ok(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref(schema)}}}
 
 
-def _generation(summary: str, model: str) -> dict[str, Any]:
+def _text(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+
+def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
     return {"post": {
         "summary": summary,
-        "security": [{"bearer": []}, {}],
-        "requestBody": {"required": True,
-                        "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}},
+        "security": _OPEN,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref(request)}}},
         "responses": {
             "200": {"description": "A completion, or an SSE stream of chunks when stream is true",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                    "content": {"application/json": {"schema": ref(response)},
+                                "text/event-stream": {"schema": sse_event(f"{response}Chunk")}}},
             **_errors(400, 401, 404, 413, 429, 500, 502, 503, 504),
         },
     }}
@@ -48,8 +55,7 @@ def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
         [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
         ref_template=_REF)
-    components = dict(schemas.get("$defs", {}))
-    components["ErrorResponse"] = _ERROR_SCHEMA
+    components = {**schemas.get("$defs", {}), **RESPONSE_SCHEMAS}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Ferrum Infer gateway", "version": "1",
@@ -57,18 +63,20 @@ def openapi_document() -> dict[str, Any]:
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
-            "/v1/chat/completions": _generation("Create a chat completion", "ChatCompletionRequest"),
-            "/v1/completions": _generation("Create a text completion", "CompletionRequest"),
-            "/v1/models": {"get": {"summary": "List served models", "security": [{"bearer": []}, {}],
-                                   "responses": {"200": _json_ok("Model list"), **_errors(401, 503)}}},
+            "/v1/chat/completions": _generation("Create a chat completion", "ChatCompletionRequest",
+                                                "ChatCompletion"),
+            "/v1/completions": _generation("Create a text completion", "CompletionRequest", "Completion"),
+            "/v1/models": {"get": {"summary": "List served models", "security": _OPEN,
+                                   "responses": {"200": _json("Model list", "ModelList"), **_errors(401, 503)}}},
             "/v1/models/{model}": {"get": {
-                "summary": "Describe one served model", "security": [{"bearer": []}, {}],
+                "summary": "Describe one served model", "security": _OPEN,
                 "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _json_ok("Model"), **_errors(401, 404, 503)}}},
+                "responses": {"200": _json("Model", "Model"), **_errors(401, 404, 503)}}},
             "/health": {"get": {"summary": "Gateway and cluster health",
-                                "responses": {"200": _json_ok("Healthy"), "503": _json_ok("Degraded")}}},
-            "/ping": {"get": {"summary": "Liveness", "responses": {"200": {"description": "pong"}}}},
+                                "responses": {"200": _json("Healthy", "Health"),
+                                              "503": _json("Degraded: the scheduler does not answer", "Health")}}},
+            "/ping": {"get": {"summary": "Liveness", "responses": {"200": _text("pong")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
-                                 "responses": {"200": {"description": "Prometheus text format"}}}},
+                                 "responses": {"200": _text("Prometheus text format")}}},
         },
     }

@@ -64,8 +64,21 @@ _STOP_SCHEMA = {"anyOf": [
 ]}
 
 
+def _only_with(field: str, other: str) -> dict[str, Any]:
+    """JSON Schema for "`field` is absent or null unless `other` is true": a cross-field rule of
+    `check()` stated in /openapi.json, so that clients (and the fuzzer) see it."""
+    return {"anyOf": [{"properties": {field: {"type": "null"}}},
+                      {"required": [other], "properties": {other: {"const": True}}}]}
+
+
+_STREAM_OPTIONS_RULE = _only_with("stream_options", "stream")
+
+
 class SamplingFields(_Strict):
-    """Fields shared by chat and text completions (OpenAI's plus vLLM's extras)."""
+    """Fields shared by chat and text completions (OpenAI's plus vLLM's extras).
+    A subclass that sets its own json_schema_extra replaces this one, so repeats its rules."""
+
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE]})
 
     model: str = Field(min_length=1, max_length=256)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -122,6 +135,11 @@ class TextPart(_Strict):
 
 
 class ChatMessage(_Strict):
+    # The document's form of _content_required.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"properties": {"role": {"const": "assistant"}}},
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}}]})
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(None, max_length=256)
@@ -146,6 +164,9 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE,
+                                                           _only_with("top_logprobs", "logprobs")]})
+
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
@@ -203,7 +224,8 @@ _PROMPT_SCHEMA = {"anyOf": [
 class CompletionRequest(SamplingFields):
     prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)]
     logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    echo: bool | None = None
+    echo: Annotated[bool | None, WithJsonSchema({"anyOf": [{"const": False}, {"type": "null"}],
+                                                 "description": "echoing the prompt is not supported"})] = None
     best_of: int | None = Field(None, ge=1)
 
     @field_validator("prompt")

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,8 @@ from services.ops_http import start_ops_server
 from services.tracing import setup_tracing
 
 log = logging.getLogger("scheduler")
+# After the drain no call is meant to be open; this only lets the last statuses reach their peers.
+STOP_GRACE_S = 2.0
 
 
 def parse_settings(argv: list[str] | None = None) -> SchedulerSettings:
@@ -45,7 +48,8 @@ async def serve(settings: SchedulerSettings) -> None:
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ])
-    codec.add_scheduler_servicer(SchedulerServicer(core), server)
+    servicer = SchedulerServicer(core)
+    codec.add_scheduler_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(settings.scheduler_addr)
@@ -53,7 +57,7 @@ async def serve(settings: SchedulerSettings) -> None:
         raise SystemExit(f"cannot listen on {settings.scheduler_addr}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    ops = await start_ops_server("0.0.0.0", settings.metrics_port, ready=lambda: True,
+    ops = await start_ops_server("0.0.0.0", settings.metrics_port, ready=lambda: not core.draining,
                                  health=lambda: {"workers": len(core.registry.all()), "queued": len(core.queue)})
     log.info("scheduler listening", extra={"addr": settings.scheduler_addr, "metrics_port": settings.metrics_port})
     dispatcher = asyncio.create_task(core.run())
@@ -64,17 +68,26 @@ async def serve(settings: SchedulerSettings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("scheduler draining", extra={"in_flight": core.in_flight, "grace_s": settings.drain_grace_s})
-    core.draining = True
-    await health_servicer.enter_graceful_shutdown()
-    deadline = loop.time() + settings.drain_grace_s
-    while core.in_flight and loop.time() < deadline:
-        await asyncio.sleep(0.05)
-    log.info("scheduler stopping", extra={"unfinished": core.in_flight})
+    await drain(core, servicer, health_servicer, settings.drain_grace_s)
     dispatcher.cancel()
     sweeper.cancel()
-    await server.stop(grace=5)
+    await server.stop(grace=STOP_GRACE_S)
     await ops.cleanup()
+
+
+async def drain(core: SchedulerCore, servicer: SchedulerServicer, health_servicer: health.aio.HealthServicer,
+                grace_s: float) -> None:
+    """SIGTERM: refuse new requests (the gateways answer 503 with Retry-After), let every admitted
+    one finish and reach its gateway for up to `grace_s`, then fail what is left and end the worker
+    sessions cleanly, so that workers re-register with the next scheduler as soon as it listens."""
+    log.info("scheduler draining", extra={"in_flight": core.in_flight, "grace_s": grace_s})
+    core.draining = True
+    await health_servicer.enter_graceful_shutdown()
+    deadline = time.monotonic() + grace_s
+    while (core.in_flight or servicer.open_generates) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log.info("scheduler stopping", extra={"unfinished": core.in_flight, "open_calls": servicer.open_generates})
+    core.close()
 
 
 def main(argv: list[str] | None = None) -> None:

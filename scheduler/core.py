@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from scheduler import metrics
 from scheduler.prefix_router import Affinity, PrefixRouter
-from scheduler.registry import WorkerHandle, WorkerRegistry
+from scheduler.registry import END_SESSION, WorkerHandle, WorkerRegistry
 from scheduler.request_queue import RequestQueue
 from services import codec
 from services.types import GenerateRequest, RequestOutput
@@ -55,7 +55,8 @@ class SchedulerCore:
         self.router = router or PrefixRouter("least_loaded", None)
         self.registry = WorkerRegistry()
         self.queue = RequestQueue(max_queue, max_queue_per_model)
-        self.draining = False
+        self.draining = False  # SIGTERM: admit nothing new, finish what is in flight
+        self.closed = False  # the drain is over: no request and no worker session is served
         self.worker_wait_s = worker_wait_s
         self.total_requests = 0
         self._pending: dict[str, Pending] = {}
@@ -131,6 +132,19 @@ class SchedulerCore:
             raise AdmissionError("invalid", (
                 f"The request needs {total} tokens of KV cache ({blocks} blocks of {block_size}), more than "
                 f"a worker's whole cache holds ({num_blocks} blocks)."))
+
+    def close(self) -> None:
+        """End of the drain: fail whatever has not finished (it has nowhere to go on this scheduler)
+        and end every worker session, so that workers move to the next scheduler at once."""
+        self.draining = self.closed = True
+        for request_id, pending in list(self._pending.items()):
+            self.queue.remove(request_id)
+            pending.outputs.put_nowait(AdmissionError(
+                "unavailable", "the scheduler stopped before the request finished; retry"))
+        self._pending.clear()
+        for worker in self.registry.all():
+            worker.inflight.clear()
+            worker.outbox.put_nowait(END_SESSION)
 
     def is_pending(self, request_id: str) -> bool:
         return request_id in self._pending

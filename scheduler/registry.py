@@ -8,13 +8,17 @@ from dataclasses import dataclass, field
 
 from services.types import ModelInfo, TokenizerBundle, WorkerRegister, WorkerStats
 
+# Put in a worker's outbox instead of a message: its session ends (cleanly, not as an error), and
+# the worker re-registers with whichever scheduler answers next.
+END_SESSION = None
+
 
 @dataclass
 class WorkerHandle:
     """One connected worker. `inflight` holds the ids assigned to it and not yet finished."""
 
     info: WorkerRegister
-    outbox: asyncio.Queue  # SchedulerMessage protobufs to send down the session
+    outbox: asyncio.Queue  # SchedulerMessage protobufs to send down the session, or END_SESSION
     stats: WorkerStats = field(default_factory=WorkerStats)
     inflight: set[str] = field(default_factory=set)
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import grpc
 
 from scheduler import metrics
 from scheduler.core import AdmissionError, SchedulerCore
-from scheduler.registry import WorkerHandle
+from scheduler.registry import END_SESSION, WorkerHandle
 from services import codec, tracing
 from services.types import ClusterStatus, WorkerInfo, WorkerRegister, WorkerStats
 
@@ -42,11 +44,22 @@ def _record_queue_span(pending) -> None:
 class SchedulerServicer(codec.SchedulerServicer):
     def __init__(self, core: SchedulerCore):
         self.core = core
+        # Generate calls not yet returned. A request leaves the core when its worker finishes it,
+        # but its last outputs may still be on their way to a slow gateway: the drain waits for both.
+        self.open_generates = 0
+
+    @contextlib.contextmanager
+    def _open_generate(self) -> Iterator[None]:
+        self.open_generates += 1
+        try:
+            yield
+        finally:
+            self.open_generates -= 1
 
     async def Generate(self, request, context):
         req = codec.request_from_pb(request)
         parent = tracing.extract(dict(context.invocation_metadata() or ()))
-        with _tracer.start_as_current_span("scheduler.generate", context=parent) as span:
+        with self._open_generate(), _tracer.start_as_current_span("scheduler.generate", context=parent) as span:
             span.set_attribute("ferrum.request_id", req.request_id)
             span.set_attribute("ferrum.model", req.model)
             req.trace_context = tracing.inject()  # the worker's spans become children of this one
@@ -105,6 +118,8 @@ class SchedulerServicer(codec.SchedulerServicer):
         info = codec.decode_worker_msg(first)
         if not isinstance(info, WorkerRegister):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the first session message must register")
+        if self.core.closed:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the scheduler is shutting down")
         handle = WorkerHandle(info=info, outbox=asyncio.Queue())
         self.core.worker_joined(handle)
         reader = asyncio.create_task(self._read_worker(handle, request_iterator))
@@ -113,7 +128,9 @@ class SchedulerServicer(codec.SchedulerServicer):
                 getter = asyncio.create_task(handle.outbox.get())
                 done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    if (message := getter.result()) is END_SESSION:
+                        return
+                    yield message
                 else:
                     getter.cancel()
         finally:

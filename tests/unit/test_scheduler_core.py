@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from scheduler.core import AdmissionError, SchedulerCore
-from scheduler.registry import WorkerHandle
+from scheduler.registry import END_SESSION, WorkerHandle
 from services import codec
 from services.types import (GenerateRequest, RequestOutput, SamplingParams, TokenizerBundle,
                             WorkerRegister)
@@ -120,3 +120,25 @@ async def test_old_scheduler_refuses_unknown_models_at_once():
     await asyncio.wait_for(core.wait_for_model("m"), 1)
     with pytest.raises(AdmissionError):
         core.submit(req("r"))
+
+
+async def test_draining_refuses_new_requests_and_closing_fails_the_rest_and_ends_sessions():
+    core = SchedulerCore(max_queue=10, worker_wait_s=1)
+    w1 = handle("w1", max_running=1)
+    core.worker_joined(w1)
+    running, queued = core.submit(req("running")), core.submit(req("queued"))
+    core.dispatch()
+    sent(w1)
+    core.draining = True
+    with pytest.raises(AdmissionError, match="shutting down") as err:
+        core.submit(req("new"))
+    assert err.value.kind == "unavailable"
+    core.worker_outputs("w1", [RequestOutput("running", [5])])  # admitted work still flows
+    assert (await running.outputs.get()).token_ids == [5]
+
+    core.close()
+    for pending in (running, queued):
+        error = await pending.outputs.get()
+        assert isinstance(error, AdmissionError) and error.kind == "unavailable"
+    assert core.in_flight == 0 and len(core.queue) == 0 and not w1.inflight
+    assert w1.outbox.get_nowait() is END_SESSION

@@ -1,0 +1,74 @@
+"""Response schemas of /openapi.json: the OpenAI objects exactly as this gateway sends them.
+
+They are components of the document (`RESPONSE_SCHEMAS`, referenced by name), so a client or a
+fuzzer validates every body against them; gateway/responses.py, info_handlers.py and errors.py
+are what produces those bodies, and the OpenAPI fuzz test holds the two together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_INT = {"type": "integer", "minimum": 0}
+_STRING = {"type": "string"}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_LOGPROBS = {"type": ["object", "null"]}
+_FINISHED = {"enum": ["stop", "length"]}
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+def _envelope(obj: str, choice: dict[str, Any], *, chunk: bool) -> dict[str, Any]:
+    """A response carries its usage; a chunk carries none, null, or (the last) the usage."""
+    fields = {"id": _STRING, "object": {"const": obj}, "created": _INT, "model": _STRING,
+              "choices": {"type": "array", "items": choice}}
+    if chunk:
+        return _object(fields, {"usage": {"anyOf": [ref("Usage"), {"type": "null"}]}})
+    return _object({**fields, "usage": ref("Usage")})
+
+
+_USAGE = _object({"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
+                 {"prompt_tokens_details": _object({"cached_tokens": _INT})})
+_CHUNK_FINISH = {"enum": ["stop", "length", None]}
+
+RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ErrorResponse": _object({"error": _object({"message": _STRING, "type": _STRING,
+                                                "param": _NULLABLE_STRING, "code": _NULLABLE_STRING})}),
+    "Usage": _USAGE,
+    "ChatCompletion": _envelope(
+        "chat.completion",
+        _object({"index": _INT, "finish_reason": _FINISHED, "logprobs": _LOGPROBS,
+                 "message": _object({"role": {"const": "assistant"}, "content": _STRING})}), chunk=False),
+    "ChatCompletionChunk": _envelope(
+        "chat.completion.chunk",
+        _object({"index": _INT, "finish_reason": _CHUNK_FINISH, "logprobs": _LOGPROBS,
+                 "delta": _object({}, {"role": {"const": "assistant"}, "content": _STRING})}), chunk=True),
+    "Completion": _envelope(
+        "text_completion",
+        _object({"index": _INT, "text": _STRING, "finish_reason": _FINISHED, "logprobs": _LOGPROBS}),
+        chunk=False),
+    "CompletionChunk": _envelope(
+        "text_completion",
+        _object({"index": _INT, "text": _STRING, "finish_reason": _CHUNK_FINISH, "logprobs": _LOGPROBS}),
+        chunk=True),
+    "Model": _object({"id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING},
+                     {"max_model_len": _INT}),
+    "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}),
+    "Health": _object({"status": {"enum": ["ok", "degraded"]}, "uptime_seconds": {"type": "number"},
+                       "total_requests": _INT, "workers": {"type": "object", "additionalProperties": _INT}},
+                      {"detail": _STRING, "queued": _INT, "cluster_total_requests": _INT}),
+}
+
+
+def sse_event(chunk: str) -> dict[str, Any]:
+    """One event of a completion stream (Open API 3.1 has a text/event-stream schema describe each
+    event): a `chunk`, a mid-stream error body, or the closing `[DONE]`."""
+    payload = {"type": "string", "contentMediaType": "application/json",
+               "contentSchema": {"anyOf": [ref(chunk), ref("ErrorResponse")]}}
+    return _object({"data": {"anyOf": [{"const": "[DONE]"}, payload]}})
