@@ -66,6 +66,10 @@ async def health(request: web.Request) -> web.Response:
     body["workers"] = dict(Counter(w.model for w in cluster.workers))
     body["queued"] = cluster.queued
     body["cluster_total_requests"] = cluster.total_requests
+    if cluster.draining:
+        # The scheduler is shutting down: a load balancer should stop sending here until it is back.
+        body["status"] = "draining"
+        return web.json_response(body, status=503)
     return web.json_response(body)
 
 

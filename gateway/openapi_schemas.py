@@ -60,7 +60,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "Model": _object({"id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING},
                      {"max_model_len": _INT}),
     "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}),
-    "Health": _object({"status": {"enum": ["ok", "degraded"]}, "uptime_seconds": {"type": "number"},
+    "Health": _object({"status": {"enum": ["ok", "degraded", "draining"]}, "uptime_seconds": {"type": "number"},
                        "total_requests": _INT, "workers": {"type": "object", "additionalProperties": _INT}},
                       {"detail": _STRING, "queued": _INT, "cluster_total_requests": _INT}),
 }

@@ -106,7 +106,7 @@ class SchedulerServicer(codec.SchedulerServicer):
 
     async def ClusterStatus(self, request, context):
         workers = [WorkerInfo(w.worker_id, w.model, w.info.epoch, w.stats) for w in self.core.registry.all()]
-        status = ClusterStatus(workers, len(self.core.queue), self.core.total_requests)
+        status = ClusterStatus(workers, len(self.core.queue), self.core.total_requests, self.core.draining)
         return codec.cluster_status_to_pb(status)
 
     async def WorkerSession(self, request_iterator, context):

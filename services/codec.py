@@ -201,12 +201,12 @@ def cluster_status_to_pb(c: ClusterStatus) -> pb.ClusterStatusReply:
     return pb.ClusterStatusReply(
         workers=[pb.WorkerInfo(worker_id=w.worker_id, model=w.model, epoch=w.epoch,
                                stats=stats_to_pb(w.stats)) for w in c.workers],
-        queued=c.queued, total_requests=c.total_requests,
+        queued=c.queued, total_requests=c.total_requests, draining=c.draining,
     )
 
 
 def cluster_status_from_pb(m: pb.ClusterStatusReply) -> ClusterStatus:
     return ClusterStatus(
         workers=[WorkerInfo(w.worker_id, w.model, w.epoch, stats_from_pb(w.stats)) for w in m.workers],
-        queued=m.queued, total_requests=m.total_requests,
+        queued=m.queued, total_requests=m.total_requests, draining=m.draining,
     )

@@ -135,3 +135,4 @@ class ClusterStatus:
     workers: list[WorkerInfo]
     queued: int
     total_requests: int
+    draining: bool = False  # the scheduler is shutting down: gateways report not ready

@@ -4,9 +4,12 @@ workers and gateway stay up and serve again as soon as a scheduler is back."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -58,6 +61,15 @@ def refusal(client: openai.OpenAI) -> openai.APIStatusError | None:
     return None
 
 
+def gateway_health(cluster) -> tuple[int, str]:
+    """The gateway's /health status code and status word (what a load balancer's probe reads)."""
+    try:
+        with urllib.request.urlopen(f"{cluster.gateway_url}/health", timeout=10) as response:
+            return response.status, json.load(response)["status"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)["status"]
+
+
 def test_scheduler_sigterm_finishes_streams_refuses_new_work_and_exits_cleanly(tiny_llama_dir):
     with make_cluster(tiny_llama_dir, workers=1, env={"FERRUM_INFER_DRAIN_GRACE_S": str(GRACE_S)}) as cluster:
         client = client_for(cluster)
@@ -76,6 +88,7 @@ def test_scheduler_sigterm_finishes_streams_refuses_new_work_and_exits_cleanly(t
         error = refused.response.json()["error"]
         assert error["type"] == "server_error" and error["code"] == "service_unavailable"
         assert "shutting down" in error["message"]
+        assert gateway_health(cluster) == (503, "draining")
 
         for stream in streams:
             stream.join(timeout=GRACE_S)

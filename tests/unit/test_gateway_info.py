@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.scheduler_client import SchedulerError
@@ -41,6 +43,9 @@ async def test_health_reports_cluster_and_gateway_figures(bundle):
         await client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 3})
         healthy = await client.get("/health")
         body = await healthy.json()
+        fake.cluster = dataclasses.replace(fake.cluster, draining=True)
+        draining = await client.get("/health")
+        draining_body = await draining.json()
         fake.cluster = SchedulerError("UNAVAILABLE", "connection refused")
         degraded = await client.get("/health")
         degraded_body = await degraded.json()
@@ -49,6 +54,7 @@ async def test_health_reports_cluster_and_gateway_figures(bundle):
     assert healthy.status == 200 and body["status"] == "ok"
     assert body["total_requests"] == 1 and body["workers"] == {MODEL: 1}
     assert body["cache_hit_rate"] == 0.25 and body["memory_usage_mb"] > 1 and body["uptime_seconds"] >= 0
+    assert draining.status == 503 and draining_body["status"] == "draining"
     assert degraded.status == 503 and degraded_body["status"] == "degraded"
     assert degraded_body["total_requests"] == 1
 
