@@ -74,7 +74,8 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": _json("Model", "Model"), **_errors(401, 404, 503)}}},
             "/health": {"get": {"summary": "Gateway and cluster health",
                                 "responses": {"200": _json("Healthy", "Health"),
-                                              "503": _json("Degraded (the scheduler does not answer) or draining (it is shutting down)", "Health")}}},
+                                              "503": _json("Degraded (the scheduler does not answer) or "
+                                                           "draining (it is shutting down)", "Health")}}},
             "/ping": {"get": {"summary": "Liveness", "responses": {"200": _text("pong")}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
                                  "responses": {"200": _text("Prometheus text format")}}},
