@@ -160,10 +160,6 @@ class BlockPool:
         return block.content_key
 
     def cached_hashes(self) -> list[BlockHash]:
-        # list() of a dict is one C call under the GIL: safe to call from another thread.
-        return list(self._by_hash)
-
-    def cached_hashes(self) -> list[BlockHash]:
         """Every registered hash. One C-level copy under the GIL, so another thread may call it
         while the engine thread changes the cache."""
         return list(self._by_hash)
