@@ -51,7 +51,16 @@ RUN mkdir -p services/_generated \
  && python -m grpc_tools.protoc -Iservices/_generated=protos --python_out=. \
         --grpc_python_out=. --pyi_out=. services/_generated/ferrum.proto \
  && touch services/_generated/__init__.py \
- && pip install --no-deps --editable . \
+ && pip install --no-deps --editable .
+
+# The AVX-512 decode attention (worker/engine/cpu_kernels), compiled here so that the runtime
+# image needs no compiler. Workers load it only on an AVX-512 CPU; a failed build is reported
+# and costs only speed (torch SDPA is used instead).
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/* \
+ && python -m worker.engine.cpu_kernels --any-cpu \
  && find /app /opt/venv -name __pycache__ -type d -prune -exec rm -rf {} +
 
 

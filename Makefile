@@ -9,9 +9,11 @@ GEN := services/_generated/ferrum_pb2.py
 MODEL_DIR ?= models/ferrum-demo
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup venv protos model run test test-unit test-cluster bench bench-quick clean
+.PHONY: setup venv protos kernels model run test test-unit test-cluster bench bench-quick clean
 
-setup: venv protos model
+# kernels (one core compiling) and model (one training thread) run side by side.
+setup: venv protos
+	@$(MAKE) --no-print-directory -j2 kernels model
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -26,6 +28,11 @@ $(GEN): protos/ferrum.proto $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iservices/_generated=protos --python_out=. \
 		--grpc_python_out=. --pyi_out=. services/_generated/ferrum.proto
 	touch services/_generated/__init__.py
+
+# The AVX-512 decode attention (worker/engine/cpu_kernels); a no-op when built, a warning when it
+# cannot be built (the engine then uses torch SDPA).
+kernels: $(STAMP)
+	$(PY) -m worker.engine.cpu_kernels
 
 model: $(MODEL)
 $(MODEL): | $(STAMP)
@@ -47,7 +54,7 @@ bench-quick: setup
 	$(PY) -m tests.bench --preset quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) services/_generated
+	rm -rf $(VENV) services/_generated worker/engine/cpu_kernels/_build
 
 # ---------------------------------------------------------------- deployment
 IMAGE ?= ferrum-infer

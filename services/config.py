@@ -114,6 +114,8 @@ class WorkerSettings(_Settings):
     cache_size_mb: int = Field(512, ge=1)
     block_size: int = Field(16, ge=1, le=1024)
     eviction_policy: Literal["lru", "lfu", "fifo"] = "lru"
+    # The AVX-512 decode attention when `make kernels` built it; false forces torch SDPA.
+    cpu_kernels: bool = True
     metrics_port: int = Field(9200, ge=0, le=65535)
     redis_url: str | None = None
     worker_id: str | None = None

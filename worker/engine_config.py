@@ -17,4 +17,5 @@ class EngineConfig:
     cache_size_mb: int = 512  # KV cache memory budget
     block_size: int = 16
     eviction_policy: Literal["lru", "lfu", "fifo"] = "lru"
+    cpu_kernels: bool = True  # the compiled AVX-512 decode attention when built (else torch SDPA)
     model_id: str = ""  # served model name; part of the prefix-hash root

@@ -7,6 +7,8 @@ request reaches max_tokens and the scenario (chunking, preemption, resumption) s
 
 from __future__ import annotations
 
+import pytest
+
 from tests.engine.harness import drive, greedy_reference, request
 
 MIXED_LENGTHS = [3, 70, 9, 41, 120, 17, 5, 88, 33, 1, 57, 26, 101, 12, 64, 8]
@@ -19,8 +21,9 @@ def assert_matches_reference(model_dir, prompts, max_tokens, results, stop_at_eo
         assert results[f"r{index}"].token_ids == expected, f"request r{index} (prompt of {len(prompt)} tokens)"
 
 
-def test_sixteen_concurrent_requests_arriving_over_time(model_dir, make_engine, prompts):
-    engine = make_engine(max_num_seqs=8, max_num_batched_tokens=96)
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["cpu-kernel", "sdpa"])
+def test_sixteen_concurrent_requests_arriving_over_time(model_dir, make_engine, prompts, cpu_kernels):
+    engine = make_engine(max_num_seqs=8, max_num_batched_tokens=96, cpu_kernels=cpu_kernels)
     batch = prompts(MIXED_LENGTHS, seed=1)
     arrival_steps = [0, 0, 0, 0, 1, 1, 2, 3, 5, 5, 8, 9, 13, 14, 20, 27]
     arrivals: dict[int, list] = {}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from worker.engine.cpu_kernels import DecodeAttention
 from worker.engine.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class PagedAttentionMetadata:
     workspace: DecodeWorkspace
     workspace_step: WorkspaceStep | None  # None: decodes gather their context from the blocks
     prefills: list[PrefillSlice]
+    decode_kernel: DecodeAttention | None = None  # compiled CPU decode attention; None: SDPA
     _masks: dict = field(default_factory=dict)
 
     def decode_mask(self, sliding_window: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -59,6 +61,16 @@ class PagedAttentionMetadata:
                 allowed &= positions >= lengths - sliding_window
             additive = torch.zeros(allowed.shape, dtype=dtype, device=lengths.device)
             self._masks[key] = additive.masked_fill_(~allowed, float("-inf"))[:, None, None, :]
+        return self._masks[key]
+
+    def decode_bounds(self, sliding_window: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(starts, ends)` `[num_decodes]`: decode token i attends to context positions [starts[i], ends[i])
+        (the same positions decode_mask allows)."""
+        key = ("bounds", sliding_window)
+        if key not in self._masks:
+            ends = self.decode_context_lens
+            starts = torch.zeros_like(ends) if sliding_window is None else (ends - sliding_window).clamp_(min=0)
+            self._masks[key] = (starts, ends)
         return self._masks[key]
 
     def prefill_mask(self, index: int, sliding_window: int | None) -> torch.Tensor:

@@ -7,6 +7,7 @@ import inspect
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from worker.engine.cpu_kernels import decode_attention_kernel
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget
 from worker.engine.paged_attention import ATTENTION_NAME
@@ -45,6 +46,8 @@ class ModelRunner:
         # The workspace mirrors decoding contexts; capping it at the cache's size bounds the
         # engine's KV memory at twice the configured budget.
         self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)
+        use_kernels = config.cpu_kernels and self.device.type == "cpu"
+        self.decode_kernel = decode_attention_kernel() if use_kernels else None
         self._keeps_logits = "logits_to_keep" in _forward_parameters(self.model)
 
     @torch.inference_mode()

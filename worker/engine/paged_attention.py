@@ -9,10 +9,11 @@ transformers' `create_causal_mask` returns None without building anything (masks
 per step here, from the metadata).
 
 Per layer: the new keys/values are written into the cache at the slot mapping, then
-- decode tokens attend in one batched SDPA call over `[num_decodes, kv_heads, max_context,
-  head_dim]` with a length mask: the rows of the decode workspace (decode_workspace.py), which
-  keeps the decoding contexts from step to step, or, when it is over budget, the block tables
-  gathered by one index_select of contiguous block rows. The query heads sharing a KV head are
+- decode tokens attend in one call over `[num_decodes, kv_heads, max_context, head_dim]`: the
+  compiled CPU kernel (cpu_kernels/) with per-sequence bounds when the step carries it, else one
+  batched SDPA with a length mask. Either reads the rows of the decode workspace
+  (decode_workspace.py), which keeps the decoding contexts from step to step, or, when it is over
+  budget, the block tables gathered by one index_select of contiguous block rows. The query heads sharing a KV head are
   packed as extra query rows (GQA without repeating K/V);
 - each prefill chunk attends causally over its sequence's cached prefix plus itself (a chunk with
   no prefix uses the fresh keys directly).
@@ -114,9 +115,21 @@ def _decode(queries, keys, values, meta: PagedAttentionMetadata, scaling, slidin
     num_kv_heads = keys.shape[1]
     # The query heads sharing a KV head become that head's query rows: GQA without repeating K/V.
     packed = queries.reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
+    if meta.decode_kernel is not None and _kernel_fits(packed, keys):
+        starts, ends = meta.decode_bounds(sliding_window)
+        scale = head_dim**-0.5 if scaling is None else scaling
+        return meta.decode_kernel(packed, keys, values, starts, ends, scale).reshape(num_decodes, num_heads, -1)
     mask = meta.decode_mask(sliding_window, queries.dtype)
     output = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scaling)
     return output.reshape(num_decodes, num_heads, -1)
+
+
+def _kernel_fits(packed: torch.Tensor, keys: torch.Tensor) -> bool:
+    """The compiled kernel's contract (cpu_kernels/decode_attention.cpp): float32/bfloat16 on the
+    CPU, head_dim a multiple of 16 up to 256, at most 16 query heads per KV head."""
+    group, head_dim = packed.shape[2], packed.shape[3]
+    return (packed.device.type == "cpu" and packed.dtype in (torch.float32, torch.bfloat16)
+            and head_dim % 16 == 0 and head_dim <= 256 and group <= 16 and keys.stride(-1) == 1)
 
 
 def _sdpa(queries, keys, values, mask, scaling):

@@ -78,7 +78,8 @@ class PagedEngine:
         self._prompt_tokens += plan.admitted_prompt_tokens
         if not plan.decodes and not plan.prefills:
             return outputs
-        inputs = build_step_inputs(plan, self.runner.kv_cache, self.runner.workspace, self.runner.device)
+        inputs = build_step_inputs(plan, self.runner.kv_cache, self.runner.workspace, self.runner.device,
+                                   self.runner.decode_kernel)
         logits = self.runner.forward(inputs)
         for chunk in plan.chunks:
             chunk.seq.num_computed_tokens += chunk.num_tokens

@@ -8,6 +8,7 @@ import torch
 
 from worker.engine.kv_cache import KVCache
 from worker.engine.attention_metadata import PagedAttentionMetadata, PrefillSlice, gather_rows, write_rows
+from worker.engine.cpu_kernels import DecodeAttention
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -22,7 +23,8 @@ class StepInputs:
 
 
 def build_step_inputs(
-    plan: SchedulerOutput, kv_cache: KVCache, workspace: DecodeWorkspace, device: torch.device
+    plan: SchedulerOutput, kv_cache: KVCache, workspace: DecodeWorkspace, device: torch.device,
+    decode_kernel: DecodeAttention | None = None,
 ) -> StepInputs:
     """Rows: every decode token (in the workspace's row order), then every prefill chunk's tokens."""
     block_size = kv_cache.block_size
@@ -84,6 +86,7 @@ def build_step_inputs(
         workspace=workspace,
         workspace_step=workspace_step,
         prefills=prefills,
+        decode_kernel=decode_kernel,
     )
     return StepInputs(
         input_ids=torch.tensor([token_ids], dtype=torch.long, device=device),

@@ -1,0 +1,87 @@
+"""The compiled CPU decode attention (worker/engine/cpu_kernels) against torch's SDPA.
+
+`make test` builds the kernel in its set-up (`make kernels`), so on an AVX-512 machine with a
+compiler these run; elsewhere the engine uses SDPA and only the first test has something to say.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from worker.engine.cpu_kernels import cpu_supports_kernels, decode_attention_kernel
+
+
+def test_kernel_is_built_where_the_cpu_can_run_it():
+    if cpu_supports_kernels() and shutil.which("c++"):
+        assert decode_attention_kernel() is not None, "make kernels should have built it"
+    else:
+        assert decode_attention_kernel() is None
+
+
+kernel = decode_attention_kernel()
+needs_kernel = pytest.mark.skipif(kernel is None, reason="the CPU kernel is not built here")
+
+
+def _case(batch, kv_heads, group, head_dim, capacity, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, kv_heads, group, head_dim, generator=generator).to(dtype)
+    # Keys and values as the decode workspace holds them: rows wider than any context (a view).
+    k = torch.randn(batch, kv_heads, capacity + 7, head_dim, generator=generator).to(dtype)[:, :, :capacity]
+    v = torch.randn(batch, kv_heads, capacity + 7, head_dim, generator=generator).to(dtype)[:, :, :capacity]
+    return q, k, v
+
+
+def _reference(q, k, v, starts, ends, scale):
+    positions = torch.arange(k.shape[2])
+    allowed = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
+    mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))[:, None, None, :]
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("kv_heads, group, head_dim", [(3, 3, 64), (2, 1, 128), (1, 8, 16), (4, 16, 256)])
+def test_matches_sdpa_for_ragged_contexts(dtype, tolerance, kv_heads, group, head_dim):
+    q, k, v = _case(5, kv_heads, group, head_dim, 70, dtype)
+    ends = torch.tensor([1, 70, 17, 33, 64])
+    starts = torch.zeros_like(ends)
+    got = kernel(q, k, v, starts, ends, head_dim**-0.5)
+    assert got.dtype == dtype and got.shape == q.shape
+    torch.testing.assert_close(got.float(), _reference(q, k, v, starts, ends, head_dim**-0.5),
+                               atol=tolerance, rtol=tolerance)
+
+
+@needs_kernel
+def test_sliding_window_starts_and_custom_scale():
+    q, k, v = _case(3, 2, 2, 32, 50, torch.float32, seed=1)
+    ends = torch.tensor([50, 12, 40])
+    starts = (ends - 9).clamp(min=0)
+    got = kernel(q, k, v, starts, ends, 0.3)
+    torch.testing.assert_close(got, _reference(q, k, v, starts, ends, 0.3), atol=2e-6, rtol=2e-6)
+
+
+@needs_kernel
+def test_large_scores_do_not_overflow():
+    q, k, v = _case(2, 1, 2, 64, 30, torch.float32, seed=2)
+    q = q * 200  # scores in the thousands: softmax must subtract the max first
+    ends, starts = torch.tensor([30, 5]), torch.tensor([0, 0])
+    got = kernel(q, k, v, starts, ends, 0.125)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, _reference(q, k, v, starts, ends, 0.125), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("problem, message", [
+    (lambda q, k, v: (q, k, v, torch.tensor([0]), torch.tensor([0])), "non-empty"),
+    (lambda q, k, v: (q, k, v, torch.tensor([0]), torch.tensor([99])), "inside k"),
+    (lambda q, k, v: (q, k.double(), v, torch.tensor([0]), torch.tensor([3])), "dtypes differ"),
+    (lambda q, k, v: (q[..., :8], k[..., :8], v[..., :8], torch.tensor([0]), torch.tensor([3])), "multiple of 16"),
+])
+def test_contract_violations_raise_instead_of_reading_out_of_bounds(problem, message):
+    q, k, v = _case(1, 1, 2, 32, 10, torch.float32)
+    with pytest.raises(RuntimeError, match=message):
+        kernel(*problem(q, k, v), 1.0)

@@ -1,0 +1,87 @@
+"""Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
+
+`decode_attention_kernel()` returns the AVX-512 decode attention (decode_attention.cpp) when a
+build for this exact source, compiler flags, torch and Python exists and the CPU runs AVX-512;
+otherwise None, and the engine uses torch's SDPA. A worker never compiles: building takes about
+40 s of one core and needs a C++ compiler, so it happens once, in `make setup` (or
+`python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
+
+Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
+binary is never loaded; it is simply not found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("decode_attention.cpp")
+BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
+CFLAGS = ("-O3", "-mavx512f", "-fopenmp")
+LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)
+NAME = "ferrum_decode_attention"
+
+DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+                           torch.Tensor]
+
+
+def build_key() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    for part in (*CFLAGS, *LDFLAGS, torch.__version__, sys.version):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def build_dir() -> Path:
+    return BUILD_ROOT / build_key()
+
+
+def library_path() -> Path:
+    return build_dir() / f"{NAME}.so"  # torch.utils.cpp_extension's name for it on Linux
+
+
+def cpu_supports_kernels() -> bool:
+    """AVX-512 (torch reports AVX512 or AMX capability) on an x86 CPU."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile into build_dir(); returns the shared library's path. Raises on any failure."""
+    from torch.utils.cpp_extension import load
+
+    directory = build_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    load(NAME, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+         build_directory=str(directory), verbose=verbose)
+    for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or torch versions
+        if stale.is_dir() and stale != directory:
+            shutil.rmtree(stale, ignore_errors=True)
+    return library_path()
+
+
+@cache
+def decode_attention_kernel() -> DecodeAttention | None:
+    """The compiled decode attention, or None (with the reason logged once)."""
+    if not cpu_supports_kernels():
+        log.info("cpu decode kernel: this CPU has no AVX-512; using torch SDPA")
+        return None
+    library = library_path()
+    if not library.exists():
+        log.warning("cpu decode kernel not built for this torch/source (run `make kernels`); using torch SDPA")
+        return None
+    spec = importlib.util.spec_from_file_location(NAME, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    log.info("cpu decode kernel loaded from %s", library)
+    return module.decode_attention

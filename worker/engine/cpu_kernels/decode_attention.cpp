@@ -1,0 +1,165 @@
+// Decode attention on the CPU: every decoding sequence's one query token (its query heads that
+// share a KV head packed as G rows) against that sequence's contiguous keys and values.
+//
+// Why a kernel: torch's SDPA on the CPU handles these tiny per-sequence problems ([G x D] against
+// [T x D]) as small GEMMs, and for bfloat16 converts through intermediate buffers; decode attention
+// is a streaming read of K and V, so this reads each key and value row once, converts bfloat16 to
+// float32 in registers, and accumulates in float32 (the same precision SDPA's CPU kernel uses).
+// Two passes per (sequence, KV head): scores and softmax, then the weighted sum of values.
+//
+// Contract (checked in decode_attention below and in Python before the call):
+//   q      [B, H, G, D]  float32 or bfloat16, D a multiple of 16 and <= 256, G <= 16
+//   k, v   [B, H, T, D]  same dtype, last dim contiguous (the decode workspace's row views)
+//   starts, ends [B] int64: sequence b attends to positions [starts[b], ends[b]), non-empty
+//   returns [B, H, G, D] in q's dtype.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kMaxChunks = 16;  // head_dim <= 256
+constexpr int64_t kMaxGroup = 16;
+// Software prefetch this far ahead of the row being read. Each (sequence, head) is a short
+// contiguous run (tens of KB) followed by a jump, which the hardware prefetcher follows too late:
+// measured on the 135M model's shapes, fp32 decode attention went from 8 to 15 GB/s (2 threads).
+constexpr int64_t kPrefetchBytes = 4096;
+
+template <typename T>
+inline void prefetch_row(const T* row, int64_t head_dim) {
+  const char* ahead = reinterpret_cast<const char*>(row) + kPrefetchBytes;
+  for (int64_t line = 0; line < head_dim * static_cast<int64_t>(sizeof(T)); line += 64)
+    _mm_prefetch(ahead + line, _MM_HINT_T0);
+}
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const c10::BFloat16* p) {
+  __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+inline void store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+inline void store16(c10::BFloat16* p, __m512 x) {
+  // round to nearest even, as torch does
+  __m512i bits = _mm512_castps_si512(x);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+}
+
+// exp for x <= 0 (softmax inputs after subtracting the max): Cody-Waite range reduction and a
+// degree-6 polynomial; relative error ~1e-7, flushes to 0 below -87.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename T>
+void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                   const int64_t* starts, const int64_t* ends, float scale, torch::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), chunks = D / kLanes;
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    __m512 query[kMaxGroup * kMaxChunks];
+    __m512 acc[kMaxGroup * kMaxChunks];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / H, h = item % H;
+      const int64_t first = starts[b], len = ends[b] - first;
+      const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
+      scores.assign(G * padded, -INFINITY);
+      const T* qbase = qp + (b * H + h) * G * D;
+      for (int64_t i = 0; i < G * chunks; ++i) query[i] = _mm512_mul_ps(load16(qbase + i * kLanes), _mm512_set1_ps(scale));
+      const T* krow = kp + b * ks0 + h * ks1 + first * ks2;
+      for (int64_t t = 0; t < len; ++t, krow += ks2) {
+        prefetch_row(krow, D);
+        __m512 dots[kMaxGroup];
+        for (int64_t g = 0; g < G; ++g) dots[g] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < chunks; ++c) {
+          __m512 key = load16(krow + c * kLanes);
+          for (int64_t g = 0; g < G; ++g) dots[g] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g]);
+        }
+        for (int64_t g = 0; g < G; ++g) scores[g * padded + t] = _mm512_reduce_add_ps(dots[g]);
+      }
+      __m512 inverse[kMaxGroup];
+      for (int64_t g = 0; g < G; ++g) {
+        float* s = scores.data() + g * padded;
+        __m512 peak = _mm512_set1_ps(-INFINITY);
+        for (int64_t t = 0; t < padded; t += kLanes) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
+        __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
+        __m512 total = _mm512_setzero_ps();
+        for (int64_t t = 0; t < padded; t += kLanes) {
+          __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + t), top));
+          _mm512_storeu_ps(s + t, e);
+          total = _mm512_add_ps(total, e);
+        }
+        inverse[g] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+      }
+      for (int64_t i = 0; i < G * chunks; ++i) acc[i] = _mm512_setzero_ps();
+      const T* vrow = vp + b * vs0 + h * vs1 + first * vs2;
+      for (int64_t t = 0; t < len; ++t, vrow += vs2) {
+        prefetch_row(vrow, D);
+        for (int64_t c = 0; c < chunks; ++c) {
+          __m512 value = load16(vrow + c * kLanes);
+          for (int64_t g = 0; g < G; ++g)
+            acc[g * chunks + c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * padded + t]), value, acc[g * chunks + c]);
+        }
+      }
+      T* obase = op + (b * H + h) * G * D;
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t c = 0; c < chunks; ++c)
+          store16(obase + (g * chunks + c) * kLanes, _mm512_mul_ps(acc[g * chunks + c], inverse[g]));
+    }
+  });
+}
+
+}  // namespace
+
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor starts,
+                               torch::Tensor ends, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-d");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "cpu tensors only");
+  TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v dtypes differ");
+  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(1) == q.size(1) && v.size(1) == q.size(1),
+              "q, k, v batch or head counts differ");
+  TORCH_CHECK(k.size(3) == q.size(3) && v.size(3) == q.size(3) && k.size(2) == v.size(2), "k, v shapes differ");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v need a contiguous last dim");
+  TORCH_CHECK(q.size(3) % kLanes == 0 && q.size(3) <= kLanes * kMaxChunks && q.size(2) <= kMaxGroup,
+              "head_dim must be a multiple of 16 up to 256, and at most 16 query heads per KV head");
+  auto s = starts.to(torch::kLong).contiguous();
+  auto e = ends.to(torch::kLong).contiguous();
+  TORCH_CHECK(s.numel() == q.size(0) && e.numel() == q.size(0), "one start and end per sequence");
+  const int64_t* sp = s.data_ptr<int64_t>();
+  const int64_t* ep = e.data_ptr<int64_t>();
+  for (int64_t b = 0; b < q.size(0); ++b)
+    TORCH_CHECK(0 <= sp[b] && sp[b] < ep[b] && ep[b] <= k.size(2), "each range must be non-empty and inside k");
+  q = q.contiguous();
+  auto out = torch::empty_like(q);
+  if (q.scalar_type() == torch::kFloat) {
+    decode_kernel<float>(q, k, v, sp, ep, static_cast<float>(scale), out);
+  } else if (q.scalar_type() == torch::kBFloat16) {
+    decode_kernel<c10::BFloat16>(q, k, v, sp, ep, static_cast<float>(scale), out);
+  } else {
+    TORCH_CHECK(false, "decode_attention supports float32 and bfloat16");
+  }
+  return out;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("decode_attention", &decode_attention); }
