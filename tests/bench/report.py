@@ -124,9 +124,9 @@ def plumbing_table(report: BenchReport) -> str:
                     _num(p.ttft_cluster_ms_p50), _num(p.ttft_in_process_ms_p50), _num(p.ttft_overhead_ms)]])
 
 
-def _rates_line(report: BenchReport) -> str:
+def _rates_line(measured: dict[str, dict[int, float]]) -> str:
     parts = []
-    for dtype, rates in report.matmul_flops_per_s.items():
+    for dtype, rates in measured.items():
         figures = ", ".join(f"M={rows}: {rate / 1e9:.1f}" for rows, rate in sorted(rates.items()))
         parts.append(f"{dtype} GFLOP/s at {figures}")
     return "; ".join(parts) if parts else "not measured"
@@ -143,7 +143,9 @@ def markdown(report: BenchReport, json_path: Path | None, png_path: Path | None)
         f"- Model: {model['name']} ({model['architecture']}, {model['parameters'] / 1e6:.1f} M parameters "
         f"in linears and lm_head), dtypes {', '.join(report.config['dtypes'])}",
         f"- Started {report.started_at}, finished {report.finished_at}",
-        f"- Matmul rates (roofline): {_rates_line(report)}",
+        f"- Matmul rates (roofline): {_rates_line(report.matmul_flops_per_s)}"
+        + (f"; measured again at the end: {_rates_line(report.matmul_flops_per_s_after)}"
+           if report.matmul_flops_per_s_after else ""),
         "- Runs: " + "; ".join(f"`{key}`: {description}" for key, description in workloads),
     ]
     if json_path:

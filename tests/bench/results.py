@@ -66,6 +66,8 @@ class BenchReport:
     config: dict
     model: dict
     matmul_flops_per_s: dict[str, dict[int, float]] = field(default_factory=dict)  # dtype -> rows -> FLOP/s
+    # The same measured again after the last system: how much the machine's speed moved meanwhile.
+    matmul_flops_per_s_after: dict[str, dict[int, float]] = field(default_factory=dict)
     results: list[RunResult] = field(default_factory=list)
     plumbing: PlumbingResult | None = None
     notes: list[str] = field(default_factory=list)

@@ -61,3 +61,13 @@ def roofline_tokens_per_s(flops: WorkloadFlops, rates: dict[int, float], concurr
 
 def default_threads() -> int:
     return os.cpu_count() or 1
+
+
+def largest_rate_change(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> float:
+    """The largest relative change of any matmul rate measured both before and after (0.25 = 25%):
+    a shared machine's speed moves, and figures taken while it moved compare poorly."""
+    changes = [abs(after[dtype][rows] - rate) / rate
+               for dtype, rates in before.items() for rows, rate in rates.items()
+               if rate > 0 and rows in after.get(dtype, {})]
+    return max(changes, default=0.0)
+

@@ -17,13 +17,17 @@ from tests.bench.options import BenchConfig
 from tests.bench.plan import PlannedRun, peak_kv_tokens, plan_runs, plan_variants, warmup_workload
 from tests.bench.prompt_tokens import load_tokenizer, round_trip_pool
 from tests.bench.results import BenchReport, PlumbingResult, RunResult
-from tests.bench.roofline import PREFILL_ROWS, default_threads, measure_matmul_rates, roofline_tokens_per_s
+from tests.bench.roofline import (PREFILL_ROWS, default_threads, largest_rate_change, measure_matmul_rates,
+                                  roofline_tokens_per_s)
 from tests.bench.static_baseline import StaticJob, job_requests, run_static
 from tests.bench.systems import SystemVariant, serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CACHE = REPO_ROOT / ".cache" / "bench-models"
 DEFAULT_STATIC_BATCH = 8  # static batch size for uncapped open-loop runs
+# Identical runs on this kind of VM differ by up to ~20%; a larger move of the matmul rates means
+# the host was busy with something else.
+RATE_CHANGE_WARNING = 0.25
 _STARTED = time.monotonic()
 
 
@@ -172,6 +176,15 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     for variant in variants:
         sides = plumbing_sides if variant == host else None
         report.results += _run_variant(variant, runs, config, model_dir, pool, threads, sides)
+    if config.roofline:
+        for dtype, rates in report.matmul_flops_per_s.items():
+            _say(f"measuring matmul rates again ({dtype}): did the machine's speed move during the run?")
+            report.matmul_flops_per_s_after[dtype] = isolated.call(measure_matmul_rates, shape, dtype,
+                                                                   sorted(rates), threads)
+        change = largest_rate_change(report.matmul_flops_per_s, report.matmul_flops_per_s_after)
+        if change > RATE_CHANGE_WARNING:
+            report.notes.append(f"the machine's matmul rates moved by up to {change:.0%} between the start and "
+                                "the end of this run (other load on a shared host): its figures are disturbed")
     by_key = {run.key: run for run in runs}
     for result in report.results:
         run, rates = by_key[result.run], report.matmul_flops_per_s.get(result.dtype)

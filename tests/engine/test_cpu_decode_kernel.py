@@ -85,3 +85,17 @@ def test_contract_violations_raise_instead_of_reading_out_of_bounds(problem, mes
     q, k, v = _case(1, 1, 2, 32, 10, torch.float32)
     with pytest.raises(RuntimeError, match=message):
         kernel(*problem(q, k, v), 1.0)
+
+
+def test_a_missing_or_unloadable_build_means_sdpa_not_a_crash(tmp_path, monkeypatch, caplog):
+    from worker.engine import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "cpu_supports_kernels", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda: tmp_path / "absent.so")
+    assert cpu_kernels.decode_attention_kernel.__wrapped__() is None
+    assert "make kernels" in caplog.text
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not an ELF file")
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda: broken)
+    assert cpu_kernels.decode_attention_kernel.__wrapped__() is None
+    assert "does not load" in caplog.text

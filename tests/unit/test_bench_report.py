@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import pytest
+
 from tests.bench.report import append_to_docs, markdown
 from tests.bench.results import BenchReport, PlumbingResult, RunResult
+from tests.bench.roofline import largest_rate_change
 from tests.bench.stats import RunMetrics
 from tests.bench.systems import SystemVariant
 
@@ -79,3 +82,18 @@ def test_sections_are_appended_after_what_the_docs_already_hold(tmp_path):
     append_to_docs(docs, "## run one\n")
     append_to_docs(docs, "## run two\n")
     assert docs.read_text() == "# Benchmarks\n\nMethod.\n\n## Results\n\n## run one\n\n## run two\n"
+
+
+def test_rates_measured_again_at_the_end_are_shown_beside_the_first():
+    report = _report()
+    report.matmul_flops_per_s_after = {"float32": {8: 2e10, 512: 1e11}}
+    [line] = [line for line in markdown(report, None, None).splitlines() if line.startswith("- Matmul rates")]
+    assert line == ("- Matmul rates (roofline): float32 GFLOP/s at M=8: 40.0, M=512: 100.0; "
+                    "measured again at the end: float32 GFLOP/s at M=8: 20.0, M=512: 100.0")
+
+
+def test_largest_rate_change_compares_only_rates_measured_both_times():
+    before = {"float32": {8: 4e10, 512: 1e11}, "bfloat16": {8: 1e11}}
+    assert largest_rate_change(before, {"float32": {8: 2e10, 512: 1.1e11}}) == 0.5
+    assert largest_rate_change(before, {"float32": {8: 4.4e10}, "bfloat16": {8: 9e10}}) == pytest.approx(0.1)
+    assert largest_rate_change(before, {}) == 0.0

@@ -80,8 +80,12 @@ def decode_attention_kernel() -> DecodeAttention | None:
     if not library.exists():
         log.warning("cpu decode kernel not built for this torch/source (run `make kernels`); using torch SDPA")
         return None
-    spec = importlib.util.spec_from_file_location(NAME, library)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec = importlib.util.spec_from_file_location(NAME, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except (ImportError, OSError) as error:  # a build the loader refuses: run with SDPA, say why
+        log.warning("cpu decode kernel at %s does not load (%s); using torch SDPA", library, error)
+        return None
     log.info("cpu decode kernel loaded from %s", library)
     return module.decode_attention
