@@ -70,4 +70,3 @@ def largest_rate_change(before: dict[str, dict[int, float]], after: dict[str, di
                for dtype, rates in before.items() for rows, rate in rates.items()
                if rate > 0 and rows in after.get(dtype, {})]
     return max(changes, default=0.0)
-
