@@ -99,3 +99,18 @@ def test_a_missing_or_unloadable_build_means_sdpa_not_a_crash(tmp_path, monkeypa
     monkeypatch.setattr(cpu_kernels, "library_path", lambda: broken)
     assert cpu_kernels.decode_attention_kernel.__wrapped__() is None
     assert "does not load" in caplog.text
+
+
+def test_a_failed_build_is_reported_and_fails_only_when_strict(tmp_path, monkeypatch, capsys):
+    from worker.engine import cpu_kernels
+    from worker.engine.cpu_kernels.__main__ import main
+
+    def compiler_fails(verbose=False):
+        raise RuntimeError("Error building extension\nninja: build stopped: subcommand failed.")
+
+    monkeypatch.setattr(cpu_kernels, "cpu_supports_kernels", lambda: True)
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda: tmp_path / "absent.so")
+    monkeypatch.setattr(cpu_kernels, "build", compiler_fails)
+    assert main([]) == 0
+    assert "build failed (ninja: build stopped: subcommand failed.); the engine uses torch SDPA" in capsys.readouterr().err
+    assert main(["--strict"]) == 1

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         library = cpu_kernels.build(verbose=args.verbose)
     except Exception as error:  # a compiler missing or failing only costs speed
-        print(f"cpu kernels: build failed ({str(error).strip().splitlines()[-1] if str(error).strip() else error!r});"
-              " the engine uses torch SDPA", file=sys.stderr)
+        reason = (str(error).strip().splitlines() or [repr(error)])[-1]  # a compiler log ends with its verdict
+        print(f"cpu kernels: build failed ({reason}); the engine uses torch SDPA", file=sys.stderr)
         return failed
     print(f"cpu kernels: built {library} in {time.monotonic() - started:.0f} s")
     return 0
