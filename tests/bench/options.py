@@ -35,6 +35,7 @@ class BenchConfig:
     duration_s: float | None  # per run: stop sending after this long
     max_run_s: float  # per run: never send new requests after this long (bounds slow systems)
     warmup_requests: int
+    repeat: int  # trials of every system, the systems taking turns (tables: the median trial)
     seed: int
     random_input_len: LengthRange
     random_output_len: LengthRange
@@ -71,7 +72,7 @@ _DEFAULT = BenchConfig(
     preset="default", model="bench-135m", model_dir=None, dtypes=("float32",),
     systems=SYSTEM_KINDS, workloads=("random",), concurrency=(1, 8, 32), request_rates=(),
     max_concurrency=None, num_requests=None, requests_per_client=2, min_requests=4, duration_s=None,
-    max_run_s=60.0, warmup_requests=2, seed=0,
+    max_run_s=60.0, warmup_requests=2, repeat=1, seed=0,
     random_input_len=_R(256, 256), random_output_len=_R(128, 128),
     sp_groups=8, sp_prefix_len=512, sp_suffix_len=64, sp_output_len=_R(32, 32),
     mt_turns=4, mt_first_len=_R(128, 128), mt_user_len=_R(64, 64), mt_reply_len=32, mt_output_len=_R(32, 32),
@@ -93,6 +94,13 @@ PRESETS = {
 
 def _csv(kind):
     return lambda text: tuple(kind(part) for part in text.split(",") if part)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number of at least 1")
+    return value
 
 
 def _on_off(text: str) -> bool:
@@ -132,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
     add("--duration", dest="duration_s", type=float, help="seconds per run (stop sending after)")
     add("--max-run-seconds", dest="max_run_s", type=float, help="hard cap on sending time per run")
     add("--warmup-requests", type=int)
+    add("--repeat", type=_positive, help="run every system this many times, taking turns; report medians")
     add("--seed", type=int)
     add("--input-len", dest="random_input_len", type=LengthRange.parse, help="random: N or LOW-HIGH")
     add("--output-len", dest="random_output_len", type=LengthRange.parse, help="random: N or LOW-HIGH")

@@ -1,10 +1,12 @@
-"""PNG plot: output throughput and TTFT p50 against load, one line per system, one row per workload."""
+"""PNG plot: output throughput and TTFT p50 against load, one line per system, one row per workload
+(each system's median trial under `--repeat`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tests.bench.results import BenchReport
+from tests.bench.trials import median_trials
 
 
 def _x(result) -> float | None:
@@ -23,7 +25,7 @@ def write_plot(report: BenchReport, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import ScalarFormatter
 
-    done = [r for r in report.results if r.metrics is not None and _x(r) is not None]
+    done = [r for r in median_trials(report.results) if r.metrics is not None and _x(r) is not None]
     workloads = list(dict.fromkeys(r.workload for r in done))
     if not workloads:
         return None

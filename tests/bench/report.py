@@ -2,7 +2,8 @@
 
 Ratios compare systems on the same run (same requests) and the same dtype: output tokens/s of
 Ferrum ÷ the other system's (above 1: Ferrum is faster) and TTFT p50 of Ferrum ÷ the other's
-(below 1: Ferrum answers sooner).
+(below 1: Ferrum answers sooner). With `--repeat` the tables show each system's median trial and
+each ratio is the median of the ratios within one trial, with their range (trials.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 from tests.bench import machine
 from tests.bench.results import BenchReport, RunResult
+from tests.bench.trials import (Metric, format_ratio, median_trials, spread_rows, tok_s, trial_count, trial_ratios,
+                                ttft_p50)
 
 DASH = "–"
 COMPARED_ATTRIBUTES = ("dtype", "routing", "prefix_cache")
@@ -21,22 +24,14 @@ def _num(value: float | None, digits: int = 1) -> str:
     return DASH if value is None else f"{value:,.{digits}f}"
 
 
-def _ratio(a: float | None, b: float | None) -> str:
-    return DASH if a is None or not b else f"{a / b:.2f}×"
+def _ratio(report: BenchReport, a: RunResult, b: RunResult | None, metric: Metric) -> str:
+    return DASH if b is None else format_ratio(trial_ratios(report.results, a, b, metric))
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _tok_s(result: RunResult | None) -> float | None:
-    return result.metrics.output_tokens_per_s if result and result.metrics else None
-
-
-def _ttft50(result: RunResult | None) -> float | None:
-    return result.metrics.ttft_ms["p50"] if result and result.metrics else None
 
 
 def _load(result: RunResult) -> str:
@@ -49,9 +44,10 @@ def _peer_of(report: BenchReport, result: RunResult, kind: str) -> RunResult | N
 
 
 def _by_run(report: BenchReport) -> list[RunResult]:
-    """Grouped by run (in the order runs were planned), systems in the order they ran."""
+    """Each system's median trial, grouped by run (in the order runs were planned), systems in the
+    order they ran."""
     order = {run: i for i, run in enumerate(dict.fromkeys(r.run for r in report.results))}
-    return sorted(report.results, key=lambda r: order[r.run])
+    return sorted(median_trials(report.results), key=lambda r: order[r.run])
 
 
 def summary_table(report: BenchReport) -> str:
@@ -60,10 +56,10 @@ def summary_table(report: BenchReport) -> str:
         is_ferrum = r.kind == "ferrum"
         peer, static = _peer_of(report, r, "peer"), _peer_of(report, r, "static")
         rows.append([r.workload, _load(r), r.system,
-                     _num(_tok_s(r)) if r.metrics else f"failed: {r.error[:60]}", _num(_ttft50(r), 0),
-                     _ratio(_tok_s(r), _tok_s(peer)) if is_ferrum else "",
-                     _ratio(_tok_s(r), _tok_s(static)) if is_ferrum else "",
-                     _ratio(_ttft50(r), _ttft50(peer)) if is_ferrum else "",
+                     _num(tok_s(r)) if r.metrics else f"failed: {r.error[:60]}", _num(ttft_p50(r), 0),
+                     _ratio(report, r, peer, tok_s) if is_ferrum else "",
+                     _ratio(report, r, static, tok_s) if is_ferrum else "",
+                     _ratio(report, r, peer, ttft_p50) if is_ferrum else "",
                      _num(r.roofline_pct)])
     return _table(["workload", "load", "system", "out tok/s", "TTFT p50 ms", "tok/s ÷ peer",
                    "tok/s ÷ static", "TTFT p50 ÷ peer", "% of roofline"], rows)
@@ -86,7 +82,8 @@ def details_table(report: BenchReport) -> str:
             " / ".join(_num(m.ttft_ms[p], 0) for p in ("p50", "p95", "p99")),
             " / ".join(_num(m.itl_ms[p], 1) for p in ("p50", "p95")),
             " / ".join(_num(m.e2e_s[p], 2) for p in ("p50", "p95")),
-            f"{cached} ({100 * r.ideal_cached_share:.1f}%)", _num(r.roofline_pct), _ratio(m.ttft_ms["p50"], forward),
+            f"{cached} ({100 * r.ideal_cached_share:.1f}%)", _num(r.roofline_pct),
+            format_ratio([m.ttft_ms["p50"] / forward]) if m.ttft_ms["p50"] is not None and forward else DASH,
         ])
     return _table(["workload", "load", "system", "ok", "req/s", "out tok/s", "TTFT p50/p95/p99 ms",
                    "ITL p50/p95 ms", "E2E p50/p95 s", "cached share (ideal)", "% of roofline",
@@ -100,16 +97,23 @@ def _differs_in_one(a: dict, b: dict) -> str | None:
 
 def comparison_table(report: BenchReport) -> str:
     """Ferrum variants that differ in one setting, pairwise, in the order they ran (A before B)."""
-    ferrum = [r for r in report.results if r.kind == "ferrum"]
+    ferrum = [r for r in median_trials(report.results) if r.kind == "ferrum"]
     rows = []
     for a, b in combinations(ferrum, 2):
         attribute = _differs_in_one(a.variant, b.variant)
         if attribute and a.run == b.run:
             rows.append([a.workload, _load(a), attribute, a.system, b.system,
-                         _ratio(_tok_s(a), _tok_s(b)), _ratio(_ttft50(a), _ttft50(b))])
+                         _ratio(report, a, b, tok_s), _ratio(report, a, b, ttft_p50)])
     if not rows:
         return ""
     return _table(["workload", "load", "differs in", "A", "B", "tok/s A ÷ B", "TTFT p50 A ÷ B"], rows)
+
+
+def trials_table(report: BenchReport) -> str:
+    if trial_count(report.results) < 2:
+        return ""
+    return _table(["workload", "load", "system", "out tok/s by trial", "median", "max ÷ min"],
+                  spread_rows(report.results))
 
 
 def plumbing_table(report: BenchReport) -> str:
@@ -155,6 +159,9 @@ def markdown(report: BenchReport, json_path: Path | None, png_path: Path | None)
     comparison = comparison_table(report)
     if comparison:
         sections += ["", "### Ferrum variants compared", "", comparison]
+    trials = trials_table(report)
+    if trials:
+        sections += ["", f"### Trials ({trial_count(report.results)}, systems taking turns)", "", trials]
     plumbing = plumbing_table(report)
     if plumbing:
         sections += ["", "### Plumbing (tiny model, float32, 1 worker)", "", plumbing]

@@ -29,6 +29,7 @@ class RunResult:
     error: str = ""
     roofline_tokens_per_s: float | None = None
     forward_ms: float | None = None
+    trial: int = 0  # which of `--repeat` trials, from 0
 
     @property
     def roofline_pct(self) -> float | None:

@@ -1,5 +1,6 @@
 """Runs a whole bench: builds the model, measures the roofline, runs every system variant on every
-planned run (one system at a time, never two at once), then the plumbing figure."""
+planned run (one system at a time, never two at once; `--repeat` trials take turns), then the
+plumbing figure."""
 
 from __future__ import annotations
 
@@ -173,9 +174,14 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     variants = plan_variants(config, model_dir.name)
     host = _plumbing_host(config, variants, model_dir)
     plumbing_sides: list[plumbing.ClusterSide] = []
-    for variant in variants:
-        sides = plumbing_sides if variant == host else None
-        report.results += _run_variant(variant, runs, config, model_dir, pool, threads, sides)
+    for trial in range(config.repeat):
+        if config.repeat > 1:
+            _say(f"trial {trial + 1} of {config.repeat}")
+        for variant in variants:
+            sides = plumbing_sides if variant == host and trial == 0 else None
+            for result in _run_variant(variant, runs, config, model_dir, pool, threads, sides):
+                result.trial = trial
+                report.results.append(result)
     if config.roofline:
         for dtype, rates in report.matmul_flops_per_s.items():
             _say(f"measuring matmul rates again ({dtype}): did the machine's speed move during the run?")

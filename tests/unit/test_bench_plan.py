@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.bench.options import parse
 from tests.bench.plan import peak_kv_tokens, plan_runs, plan_variants
 from tests.bench.systems import peer_num_blocks
@@ -27,6 +29,14 @@ def test_flags_override_the_preset():
     runs = plan_runs(config, POOL)
     assert [run.key for run in runs] == ["random c=2", "random c=4", "shared-prefix c=2", "shared-prefix c=4"]
     assert all(len(run.workload.requests) == 6 for run in runs)
+
+
+def test_repeat_must_be_a_positive_count(capsys):
+    assert parse([]).repeat == 1
+    assert parse(["--repeat", "3"]).repeat == 3
+    with pytest.raises(SystemExit):
+        parse(["--repeat", "0"])
+    assert "at least 1" in capsys.readouterr().err
 
 
 def test_every_run_has_its_own_prompts_and_planning_again_gives_the_same():
@@ -82,3 +92,29 @@ def test_help_describes_the_options():
 
     text = parser().format_help()
     assert "--concurrency" in text and "% of roofline" in text
+
+
+def test_repeated_trials_take_turns_and_are_numbered(tiny_llama_dir, tmp_path, monkeypatch):
+    from tests.bench import runner
+    from tests.bench.results import RunResult
+
+    order = []
+
+    def fake_variant(variant, runs, config, model_dir, pool, threads, plumbing_sides):
+        order.append((variant.label, plumbing_sides is not None))
+        return [RunResult(system=variant.label, kind=variant.kind, dtype=variant.dtype, variant={}, run=run.key,
+                          workload=run.workload.name, workload_description="", concurrency=2, rate=None,
+                          ideal_cached_share=0.0) for run in runs]
+
+    monkeypatch.setattr(runner, "_run_variant", fake_variant)
+    config = parse(["--preset", "quick", "--model-dir", str(tiny_llama_dir), "--plumbing-model-dir",
+                    str(tiny_llama_dir), "--systems", "ferrum,static", "--concurrency", "2", "--repeat", "3",
+                    "--no-roofline", "--no-docs", "--out-dir", str(tmp_path)])
+    monkeypatch.setattr(runner, "_measure_plumbing", lambda config, threads, sides: None)
+    report = runner.run_bench(config, "test")
+    ferrum, static = "ferrum fp32 w1 cache_aware", "static-generate fp32"
+    assert [label for label, _ in order] == [ferrum, static] * 3, "systems take turns, trial by trial"
+    assert [hosts for _, hosts in order] == [True, False, False, False, False, False], \
+        "the plumbing figure is taken on the first trial's cluster only"
+    assert [(r.system, r.trial) for r in report.results] == [
+        (ferrum, 0), (static, 0), (ferrum, 1), (static, 1), (ferrum, 2), (static, 2)]

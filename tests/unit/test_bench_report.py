@@ -21,12 +21,12 @@ def _metrics(tok_s: float, ttft_ms: float) -> RunMetrics:
                       first_errors=[])
 
 
-def _result(variant: SystemVariant, run: str, tok_s: float, ttft_ms: float) -> RunResult:
+def _result(variant: SystemVariant, run: str, tok_s: float, ttft_ms: float, trial: int = 0) -> RunResult:
     concurrency = int(run.split("=")[1])
     return RunResult(system=variant.label, kind=variant.kind, dtype=variant.dtype, variant=asdict(variant), run=run,
                      workload="random", workload_description="random in=256 out=128 n=8", concurrency=concurrency,
                      rate=None, ideal_cached_share=0.0, metrics=_metrics(tok_s, ttft_ms),
-                     roofline_tokens_per_s=400.0, forward_ms=20.0 if variant.kind == "static" else None)
+                     roofline_tokens_per_s=400.0, forward_ms=20.0 if variant.kind == "static" else None, trial=trial)
 
 
 def _report() -> BenchReport:
@@ -97,3 +97,39 @@ def test_largest_rate_change_compares_only_rates_measured_both_times():
     assert largest_rate_change(before, {"float32": {8: 2e10, 512: 1.1e11}}) == 0.5
     assert largest_rate_change(before, {"float32": {8: 4.4e10}, "bfloat16": {8: 9e10}}) == pytest.approx(0.1)
     assert largest_rate_change(before, {}) == 0.0
+
+
+def _three_trials() -> BenchReport:
+    """Cache on/off and static, three trials; the host slows down in trial 1 for every system."""
+    on, off = SystemVariant("ferrum", "float32"), SystemVariant("ferrum", "float32", prefix_cache=False)
+    static = SystemVariant("static", "float32")
+    report = _report()
+    report.results = [
+        _result(on, "random c=8", 200.0, 40.0, 0), _result(off, "random c=8", 204.0, 40.0, 0),
+        _result(static, "random c=8", 100.0, 80.0, 0),
+        _result(on, "random c=8", 100.0, 80.0, 1), _result(off, "random c=8", 98.0, 60.0, 1),
+        _result(static, "random c=8", 50.0, 90.0, 1),
+        _result(on, "random c=8", 190.0, 38.0, 2), _result(off, "random c=8", 200.0, 40.0, 2),
+        _result(static, "random c=8", 100.0, 70.0, 2),
+    ]
+    return report
+
+
+def test_repeated_trials_show_each_systems_median_trial_and_within_trial_ratios():
+    text = markdown(_three_trials(), None, None)
+    summary = text.split("### Details")[0]
+    on = _row(summary, "| random | c=8 | ferrum fp32 w1 cache_aware |")
+    assert on[3:5] == ["190.0", "38"], "the median trial by throughput, with its own TTFT"
+    # within-trial ratios 2.00, 2.00, 1.90: their median and range, not 190 / 100 from different trials
+    assert on[6] == "2.00× (1.90–2.00)"
+    compared = _row(text.split("### Ferrum variants compared")[1], "| random | c=8 | prefix_cache")
+    assert compared[5] == "0.98× (0.95–1.02)"
+    trials = text.split("### Trials (3, systems taking turns)")[1]
+    assert _row(trials, "| random | c=8 | ferrum fp32 w1 cache_aware |")[3:] == [
+        "200.0 / 100.0 / 190.0", "190.0", "2.00×"]
+
+
+def test_a_single_trial_prints_plain_ratios_and_no_trials_table():
+    text = markdown(_report(), None, None)
+    assert "### Trials" not in text
+    assert "(" not in _row(text.split("### Details")[0], "| random | c=8 | ferrum fp32")[5]
