@@ -28,11 +28,11 @@ _STATUS = {
 _tracer = tracing.tracer("ferrum.scheduler")
 
 
-def _record_queue_span(pending) -> None:
+def _record_queue_span(pending, parent) -> None:
     """The time a request waited in the global queue, and where routing sent it, as a child span."""
     if not pending.dispatched_ns:
         return
-    span = _tracer.start_span("scheduler.queue", start_time=pending.submitted_ns)
+    span = _tracer.start_span("scheduler.queue", context=parent, start_time=pending.submitted_ns)
     span.set_attribute("ferrum.worker_id", pending.worker_id or "")
     span.set_attribute("ferrum.route_reason", pending.route_reason)
     if pending.affinity is not None:
@@ -59,10 +59,10 @@ class SchedulerServicer(codec.SchedulerServicer):
     async def Generate(self, request, context):
         req = codec.request_from_pb(request)
         parent = tracing.extract(dict(context.invocation_metadata() or ()))
-        with self._open_generate(), _tracer.start_as_current_span("scheduler.generate", context=parent) as span:
+        with self._open_generate(), tracing.unattached_span(_tracer, "scheduler.generate", parent) as (span, traced):
             span.set_attribute("ferrum.request_id", req.request_id)
             span.set_attribute("ferrum.model", req.model)
-            req.trace_context = tracing.inject()  # the worker's spans become children of this one
+            req.trace_context = tracing.inject(traced)  # the worker's spans become children of this one
             status = "ok"
             try:
                 await self.core.wait_for_model(req.model)
@@ -87,7 +87,7 @@ class SchedulerServicer(codec.SchedulerServicer):
                 # Runs on normal completion too, where it finds nothing left to cancel.
                 self.core.cancel(req.request_id)
                 metrics.REQUESTS.labels(req.model, status).inc()
-                _record_queue_span(pending)
+                _record_queue_span(pending, traced)
 
     async def Abort(self, request, context):
         found = self.core.is_pending(request.request_id)

@@ -9,14 +9,16 @@ the worker inside the request (GenerateRequest.trace_context).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.trace import Span, Status, StatusCode
 
 
 def setup_tracing(service: str) -> None:
@@ -51,3 +53,23 @@ def inject(ctx: context.Context | None = None) -> dict[str, str]:
 
 def extract(carrier: Mapping[str, str]) -> context.Context:
     return propagate.extract(dict(carrier))
+
+
+@contextlib.contextmanager
+def unattached_span(
+    tracer_: trace.Tracer, name: str, parent: context.Context
+) -> Iterator[tuple[Span, context.Context]]:
+    """A span that is never made the current one; yields it and a context holding it, which children
+    must be given explicitly. For async generators (gRPC streaming handlers): grpc may close one from
+    another task, and a context attached before a `yield` cannot be detached there (OpenTelemetry
+    then logs "Failed to detach context" as an error). An exception other than the generator being
+    closed or cancelled marks the span as failed, as `start_as_current_span` would."""
+    span = tracer_.start_span(name, context=parent)
+    try:
+        yield span, trace.set_span_in_context(span, parent)
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        span.end()
