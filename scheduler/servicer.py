@@ -76,9 +76,12 @@ class SchedulerServicer(codec.SchedulerServicer):
                     if isinstance(item, AdmissionError):
                         status = item.kind
                         await context.abort(_STATUS[item.kind], str(item))
+                    if item.finished:
+                        # Set before the yield: a gateway that has its last output may close the
+                        # stream at once, and grpc then never resumes this generator.
+                        status = item.finish_reason
                     yield codec.output_to_pb(item)
                     if item.finished:
-                        status = item.finish_reason
                         return
             except asyncio.CancelledError:
                 status = "cancelled"

@@ -100,7 +100,9 @@ def test_metrics_move_as_requests_flow(traced_cluster):
     wait_until(lambda: scrape(worker_url)[generated] - before_worker.get(generated, 0) == 8,
                what="the worker's token counter")
     finished = f"ferrum_infer_scheduler_requests_total{{model={MODEL},status=length}}"
-    assert scrape(scheduler_url)[finished] - before_scheduler.get(finished, 0) == 2
+    # Counted when the scheduler's stream ends, which may be just after the client has its answer.
+    wait_until(lambda: scrape(scheduler_url).get(finished, 0) - before_scheduler.get(finished, 0) == 2,
+               what="the scheduler's finished-request counter")
     assert scrape(scheduler_url)[f"ferrum_infer_workers{{model={MODEL}}}"] == 1
 
 
