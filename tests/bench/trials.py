@@ -20,6 +20,14 @@ def _pair_key(result: RunResult) -> tuple[str, str]:
     return result.system, result.run
 
 
+def _trials_by_pair(results: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    """Each (system, run)'s results in trial order; pairs in first-appearance order."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(_pair_key(result), []).append(result)
+    return {key: sorted(trials, key=lambda r: r.trial) for key, trials in groups.items()}
+
+
 def tok_s(result: RunResult | None) -> float | None:
     return result.metrics.output_tokens_per_s if result and result.metrics else None
 
@@ -35,11 +43,8 @@ def trial_count(results: list[RunResult]) -> int:
 def median_trials(results: list[RunResult]) -> list[RunResult]:
     """One result per (system, run), in first-appearance order: the trial of median throughput
     (the lower median for an even count); a failed trial counts only when every trial failed."""
-    groups: dict[tuple[str, str], list[RunResult]] = {}
-    for result in results:
-        groups.setdefault(_pair_key(result), []).append(result)
     chosen = []
-    for trials in groups.values():
+    for trials in _trials_by_pair(results).values():
         done = sorted((r for r in trials if r.metrics is not None), key=lambda r: r.metrics.output_tokens_per_s)
         chosen.append(done[(len(done) - 1) // 2] if done else trials[0])
     return chosen
@@ -47,9 +52,10 @@ def median_trials(results: list[RunResult]) -> list[RunResult]:
 
 def trial_ratios(results: list[RunResult], a: RunResult, b: RunResult, metric: Metric) -> list[float]:
     """metric(a) ÷ metric(b) within each trial where both have the figure, in trial order."""
-    b_by_trial = {r.trial: metric(r) for r in results if _pair_key(r) == _pair_key(b)}
+    by_pair = _trials_by_pair(results)
+    b_by_trial = {r.trial: metric(r) for r in by_pair.get(_pair_key(b), [])}
     ratios = []
-    for result in sorted((r for r in results if _pair_key(r) == _pair_key(a)), key=lambda r: r.trial):
+    for result in by_pair.get(_pair_key(a), []):
         value, other = metric(result), b_by_trial.get(result.trial)
         if value is not None and other:
             ratios.append(value / other)
@@ -68,10 +74,10 @@ def format_ratio(ratios: list[float]) -> str:
 
 def spread_rows(results: list[RunResult]) -> list[list[str]]:
     """Per (system, run): throughput of each trial in order, the median, and max ÷ min."""
+    by_pair = _trials_by_pair(results)
     rows = []
     for representative in median_trials(results):
-        trials = sorted((r for r in results if _pair_key(r) == _pair_key(representative)), key=lambda r: r.trial)
-        values = [tok_s(r) for r in trials]
+        values = [tok_s(r) for r in by_pair[_pair_key(representative)]]
         done = [v for v in values if v is not None]
         rows.append([representative.workload, representative.run.split(" ", 1)[1], representative.system,
                      " / ".join("failed" if v is None else f"{v:,.1f}" for v in values),
