@@ -1,4 +1,5 @@
-"""The compiled CPU decode attention (worker/engine/cpu_kernels) against torch's SDPA.
+"""The compiled CPU paged decode attention (worker/engine/cpu_kernels) against torch's SDPA over
+the same blocks gathered into contiguous contexts.
 
 `make test` builds the kernel in its set-up (`make kernels`), so on an AVX-512 machine with a
 compiler these run; elsewhere the engine uses SDPA and only the first test has something to say.
@@ -26,65 +27,100 @@ kernel = decode_attention_kernel()
 needs_kernel = pytest.mark.skipif(kernel is None, reason="the CPU kernel is not built here")
 
 
-def _case(batch, kv_heads, group, head_dim, capacity, dtype, seed=0):
+BLOCK = 8
+
+
+def _case(batch, kv_heads, group, head_dim, max_context, dtype, seed=0, num_blocks=64):
+    """Queries, paged k/v caches and block tables: every sequence's blocks scattered in the cache
+    (shuffled ids), and sequences 0 and 1 sharing their first block, as a common prefix does."""
     generator = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, kv_heads, group, head_dim, generator=generator).to(dtype)
-    # Keys and values as the decode workspace holds them: rows wider than any context (a view).
-    k = torch.randn(batch, kv_heads, capacity + 7, head_dim, generator=generator).to(dtype)[:, :, :capacity]
-    v = torch.randn(batch, kv_heads, capacity + 7, head_dim, generator=generator).to(dtype)[:, :, :capacity]
-    return q, k, v
+    k = torch.randn(num_blocks, kv_heads, BLOCK, head_dim, generator=generator).to(dtype)
+    v = torch.randn(num_blocks, kv_heads, BLOCK, head_dim, generator=generator).to(dtype)
+    width = -(-max_context // BLOCK)
+    ids = torch.randperm(num_blocks, generator=generator)
+    assert batch * width <= num_blocks
+    tables = ids[: batch * width].view(batch, width).clone()
+    if batch > 1:
+        tables[1, 0] = tables[0, 0]
+    return q, k, v, tables
 
 
-def _reference(q, k, v, starts, ends, scale):
-    positions = torch.arange(k.shape[2])
+def _contiguous(cache, tables):
+    """`[batch, kv_heads, width * BLOCK, head_dim]`: each sequence's blocks laid end to end."""
+    return cache[tables].permute(0, 2, 1, 3, 4).flatten(2, 3)
+
+
+def _reference(q, k, v, tables, starts, ends, scale):
+    keys, values = _contiguous(k, tables), _contiguous(v, tables)
+    positions = torch.arange(keys.shape[2])
     allowed = (positions[None, :] >= starts[:, None]) & (positions[None, :] < ends[:, None])
     mask = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))[:, None, None, :]
-    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=scale)
+    return F.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=mask, scale=scale)
 
 
 @needs_kernel
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("kv_heads, group, head_dim", [(3, 3, 64), (2, 1, 128), (1, 8, 16), (4, 16, 256)])
-def test_matches_sdpa_for_ragged_contexts(dtype, tolerance, kv_heads, group, head_dim):
-    q, k, v = _case(5, kv_heads, group, head_dim, 70, dtype)
-    ends = torch.tensor([1, 70, 17, 33, 64])
+def test_matches_sdpa_over_the_gathered_blocks_for_ragged_contexts(dtype, tolerance, kv_heads, group, head_dim):
+    q, k, v, tables = _case(5, kv_heads, group, head_dim, 70, dtype)
+    ends = torch.tensor([1, 70, 17, 33, 64])  # inside one block, ending mid-block, on a block boundary
     starts = torch.zeros_like(ends)
-    got = kernel(q, k, v, starts, ends, head_dim**-0.5)
+    got = kernel(q, k, v, tables, starts, ends, head_dim**-0.5)
     assert got.dtype == dtype and got.shape == q.shape
-    torch.testing.assert_close(got.float(), _reference(q, k, v, starts, ends, head_dim**-0.5),
+    torch.testing.assert_close(got.float(), _reference(q, k, v, tables, starts, ends, head_dim**-0.5),
                                atol=tolerance, rtol=tolerance)
 
 
 @needs_kernel
+def test_unused_table_entries_are_never_read():
+    q, k, v, tables = _case(2, 2, 2, 32, 40, torch.float32, seed=3)
+    ends = torch.tensor([9, 40])
+    expected = kernel(q, k, v, tables, torch.zeros_like(ends), ends, 0.2)
+    tables[0, 2:] = -1  # padding past a sequence's last block, as a ragged batch has
+    got = kernel(q, k, v, tables, torch.zeros_like(ends), ends, 0.2)
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+
+
+@needs_kernel
 def test_sliding_window_starts_and_custom_scale():
-    q, k, v = _case(3, 2, 2, 32, 50, torch.float32, seed=1)
+    q, k, v, tables = _case(3, 2, 2, 32, 50, torch.float32, seed=1)
     ends = torch.tensor([50, 12, 40])
-    starts = (ends - 9).clamp(min=0)
-    got = kernel(q, k, v, starts, ends, 0.3)
-    torch.testing.assert_close(got, _reference(q, k, v, starts, ends, 0.3), atol=2e-6, rtol=2e-6)
+    starts = (ends - 9).clamp(min=0)  # windows starting mid-block and in a later block
+    got = kernel(q, k, v, tables, starts, ends, 0.3)
+    torch.testing.assert_close(got, _reference(q, k, v, tables, starts, ends, 0.3), atol=2e-6, rtol=2e-6)
 
 
 @needs_kernel
 def test_large_scores_do_not_overflow():
-    q, k, v = _case(2, 1, 2, 64, 30, torch.float32, seed=2)
+    q, k, v, tables = _case(2, 1, 2, 64, 30, torch.float32, seed=2)
     q = q * 200  # scores in the thousands: softmax must subtract the max first
     ends, starts = torch.tensor([30, 5]), torch.tensor([0, 0])
-    got = kernel(q, k, v, starts, ends, 0.125)
+    got = kernel(q, k, v, tables, starts, ends, 0.125)
     assert torch.isfinite(got).all()
-    torch.testing.assert_close(got, _reference(q, k, v, starts, ends, 0.125), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, _reference(q, k, v, tables, starts, ends, 0.125), atol=1e-5, rtol=1e-5)
+
+
+def _bad_block(q, k, v, tables):
+    tables = tables.clone()
+    tables[0, 1] = k.shape[0]
+    return q, k, v, tables, torch.tensor([0]), torch.tensor([BLOCK + 1])
 
 
 @needs_kernel
 @pytest.mark.parametrize("problem, message", [
-    (lambda q, k, v: (q, k, v, torch.tensor([0]), torch.tensor([0])), "non-empty"),
-    (lambda q, k, v: (q, k, v, torch.tensor([0]), torch.tensor([99])), "inside k"),
-    (lambda q, k, v: (q, k.double(), v, torch.tensor([0]), torch.tensor([3])), "dtypes differ"),
-    (lambda q, k, v: (q[..., :8], k[..., :8], v[..., :8], torch.tensor([0]), torch.tensor([3])), "multiple of 16"),
+    (lambda q, k, v, t: (q, k, v, t, torch.tensor([0]), torch.tensor([0])), "non-empty"),
+    (lambda q, k, v, t: (q, k, v, t, torch.tensor([0]), torch.tensor([2 * BLOCK + 1])), "inside its block table"),
+    (_bad_block, "outside the cache"),
+    (lambda q, k, v, t: (q, k.double(), v, t, torch.tensor([0]), torch.tensor([3])), "dtypes differ"),
+    (lambda q, k, v, t: (q, k[:, :, :4], v[:, :, :4], t, torch.tensor([0]), torch.tensor([3])), "contiguous"),
+    (lambda q, k, v, t: (q[..., :8], k[..., :8].contiguous(), v[..., :8].contiguous(), t, torch.tensor([0]),
+                         torch.tensor([3])), "multiple of 16"),
 ])
 def test_contract_violations_raise_instead_of_reading_out_of_bounds(problem, message):
-    q, k, v = _case(1, 1, 2, 32, 10, torch.float32)
+    q, k, v, tables = _case(1, 1, 2, 32, 2 * BLOCK, torch.float32)
     with pytest.raises(RuntimeError, match=message):
-        kernel(*problem(q, k, v), 1.0)
+        kernel(*problem(q, k, v, tables), 1.0)
 
 
 def test_a_missing_or_unloadable_build_means_sdpa_not_a_crash(tmp_path, monkeypatch, caplog):

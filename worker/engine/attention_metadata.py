@@ -40,13 +40,14 @@ class PagedAttentionMetadata:
     kv_cache: KVCache
     write_rows: torch.Tensor  # [tokens * kv_heads]: where each new key/value goes
     num_decodes: int
-    decode_rows: torch.Tensor | None  # [num_decodes * kv_heads * max_blocks] gather rows; None with a workspace
+    decode_rows: torch.Tensor | None  # [num_decodes * kv_heads * max_blocks] gather rows, for the SDPA gather path
+    decode_block_tables: torch.Tensor | None  # [num_decodes, max_blocks], zero-padded; None with a workspace
     decode_context_lens: torch.Tensor | None  # [num_decodes], new token included
     decode_max_context: int  # the (padded) context length decode attention reads
     workspace: DecodeWorkspace
     workspace_step: WorkspaceStep | None  # None: decodes gather their context from the blocks
     prefills: list[PrefillSlice]
-    decode_kernel: DecodeAttention | None = None  # compiled CPU decode attention; None: SDPA
+    decode_kernel: DecodeAttention | None = None  # compiled CPU paged decode attention; None: SDPA
     _masks: dict = field(default_factory=dict)
 
     def decode_mask(self, sliding_window: int | None, dtype: torch.dtype) -> torch.Tensor:

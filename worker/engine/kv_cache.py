@@ -25,7 +25,7 @@ class KVShape:
 
     @classmethod
     def of(cls, model_config) -> KVShape:
-        text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        text_config = text_config_of(model_config)
         heads = text_config.num_attention_heads
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
         kv_heads = getattr(text_config, "num_key_value_heads", None) or heads
@@ -34,6 +34,11 @@ class KVShape:
     def bytes_per_block(self, block_size: int, dtype: torch.dtype) -> int:
         element = torch.empty((), dtype=dtype).element_size()
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * element
+
+
+def text_config_of(model_config):
+    """The language model's config (a multimodal config nests it)."""
+    return model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
 
 
 class KVCache:

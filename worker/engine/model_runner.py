@@ -7,9 +7,9 @@ import inspect
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from worker.engine.cpu_kernels import decode_attention_kernel
+from worker.engine.cpu_kernels import decode_attention_kernel, kernel_supports
 from worker.engine.decode_workspace import DecodeWorkspace
-from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget
+from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
 from worker.engine.paged_attention import ATTENTION_NAME
 from worker.engine.step_inputs import StepInputs
 from worker.engine_config import EngineConfig
@@ -43,11 +43,14 @@ class ModelRunner:
         if num_blocks is None:
             num_blocks = blocks_for_budget(shape, config.block_size, self.dtype, self.device, config.cache_size_mb)
         self.kv_cache = KVCache(shape, num_blocks, config.block_size, self.dtype, self.device)
-        # The workspace mirrors decoding contexts; capping it at the cache's size bounds the
-        # engine's KV memory at twice the configured budget.
+        group = text_config_of(self.model_config).num_attention_heads // shape.num_kv_heads
+        use_kernel = config.cpu_kernels and kernel_supports(shape.head_dim, group, self.dtype, self.device)
+        # The kernel reads the paged blocks in place; without it, decode attention is SDPA over
+        # the workspace's contiguous copies of the decoding contexts.
+        self.decode_kernel = decode_attention_kernel() if use_kernel else None
+        # Capping the workspace at the cache's size bounds the engine's KV memory at twice the
+        # configured budget (it stays empty while the kernel runs).
         self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)
-        use_kernels = config.cpu_kernels and self.device.type == "cpu"
-        self.decode_kernel = decode_attention_kernel() if use_kernels else None
         self._keeps_logits = "logits_to_keep" in _forward_parameters(self.model)
 
     @torch.inference_mode()

@@ -9,12 +9,12 @@ transformers' `create_causal_mask` returns None without building anything (masks
 per step here, from the metadata).
 
 Per layer: the new keys/values are written into the cache at the slot mapping, then
-- decode tokens attend in one call over `[num_decodes, kv_heads, max_context, head_dim]`: the
-  compiled CPU kernel (cpu_kernels/) with per-sequence bounds when the step carries it, else one
-  batched SDPA with a length mask. Either reads the rows of the decode workspace
-  (decode_workspace.py), which keeps the decoding contexts from step to step, or, when it is over
-  budget, the block tables gathered by one index_select of contiguous block rows. The query heads sharing a KV head are
-  packed as extra query rows (GQA without repeating K/V);
+- decode tokens attend in one call. With the compiled CPU kernel (cpu_kernels/), it reads the
+  paged blocks in place through the block tables, with per-sequence bounds. Otherwise one batched
+  SDPA with a length mask over `[num_decodes, kv_heads, max_context, head_dim]`: the rows of the
+  decode workspace (decode_workspace.py), which keeps the decoding contexts from step to step, or,
+  when it is over budget, the block tables gathered by one index_select of contiguous block rows.
+  The query heads sharing a KV head are packed as extra query rows (GQA without repeating K/V);
 - each prefill chunk attends causally over its sequence's cached prefix plus itself (a chunk with
   no prefix uses the fresh keys directly).
 """
@@ -59,17 +59,13 @@ def paged_attention(
     _write(value_cache, meta.write_rows, new_values)
 
     queries = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
-    decode_keys = decode_values = None
-    if meta.num_decodes:
-        decode_keys, decode_values = _decode_context(layer, meta, new_keys, new_values)
     if not meta.prefills:
-        output = _decode(queries, decode_keys, decode_values, meta, scaling, sliding_window)
-        return output.unsqueeze(0), None
+        return _decode(layer, queries, new_keys, new_values, meta, scaling, sliding_window).unsqueeze(0), None
     output = torch.empty(num_tokens, num_heads, value.shape[-1], dtype=query.dtype, device=query.device)
     if meta.num_decodes:
-        output[: meta.num_decodes] = _decode(
-            queries[: meta.num_decodes], decode_keys, decode_values, meta, scaling, sliding_window
-        )
+        count = meta.num_decodes
+        output[:count] = _decode(layer, queries[:count], new_keys[:count], new_values[:count], meta, scaling,
+                                 sliding_window)
     for index, chunk in enumerate(meta.prefills):
         rows = slice(chunk.query_start, chunk.query_end)
         if chunk.context_start == 0:
@@ -96,40 +92,34 @@ def _gather(cache: torch.Tensor, rows: torch.Tensor, into: torch.Tensor, num_seq
     return into.view(num_sequences, num_kv_heads, -1, head_dim)
 
 
-def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_values):
-    """The decodes' keys and values `[decodes, kv_heads, context, head_dim]`: the workspace's rows
-    when it holds them, else gathered from the block tables."""
-    if meta.workspace_step is not None:
-        count = meta.num_decodes
-        return meta.workspace.layer_context(layer, meta.workspace_step, new_keys[:count], new_values[:count])
-    key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
-    key_space, value_space = meta.kv_cache.gather_buffers(meta.decode_rows.numel())
-    keys = _gather(key_cache, meta.decode_rows, key_space, meta.num_decodes)
-    values = _gather(value_cache, meta.decode_rows, value_space, meta.num_decodes)
-    return keys, values
-
-
-def _decode(queries, keys, values, meta: PagedAttentionMetadata, scaling, sliding_window):
+def _decode(layer: int, queries, new_keys, new_values, meta: PagedAttentionMetadata, scaling, sliding_window):
     """All single-token sequences at once: `queries` `[decodes, heads, head_dim]` -> same shape."""
     num_decodes, num_heads, head_dim = queries.shape
-    num_kv_heads = keys.shape[1]
+    num_kv_heads = new_keys.shape[1]
     # The query heads sharing a KV head become that head's query rows: GQA without repeating K/V.
     packed = queries.reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    if meta.decode_kernel is not None and _kernel_fits(packed, keys):
+    if meta.decode_kernel is not None:
         starts, ends = meta.decode_bounds(sliding_window)
         scale = head_dim**-0.5 if scaling is None else scaling
-        return meta.decode_kernel(packed, keys, values, starts, ends, scale).reshape(num_decodes, num_heads, -1)
+        output = meta.decode_kernel(packed, meta.kv_cache.keys[layer], meta.kv_cache.values[layer],
+                                    meta.decode_block_tables, starts, ends, scale)
+        return output.reshape(num_decodes, num_heads, -1)
+    keys, values = _decode_context(layer, meta, new_keys, new_values)
     mask = meta.decode_mask(sliding_window, queries.dtype)
     output = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scaling)
     return output.reshape(num_decodes, num_heads, -1)
 
 
-def _kernel_fits(packed: torch.Tensor, keys: torch.Tensor) -> bool:
-    """The compiled kernel's contract (cpu_kernels/decode_attention.cpp): float32/bfloat16 on the
-    CPU, head_dim a multiple of 16 up to 256, at most 16 query heads per KV head."""
-    group, head_dim = packed.shape[2], packed.shape[3]
-    return (packed.device.type == "cpu" and packed.dtype in (torch.float32, torch.bfloat16)
-            and head_dim % 16 == 0 and head_dim <= 256 and group <= 16 and keys.stride(-1) == 1)
+def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_values):
+    """The decodes' keys and values `[decodes, kv_heads, context, head_dim]` for SDPA: the
+    workspace's rows when it holds them, else gathered from the block tables."""
+    if meta.workspace_step is not None:
+        return meta.workspace.layer_context(layer, meta.workspace_step, new_keys, new_values)
+    key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    key_space, value_space = meta.kv_cache.gather_buffers(meta.decode_rows.numel())
+    keys = _gather(key_cache, meta.decode_rows, key_space, meta.num_decodes)
+    values = _gather(value_cache, meta.decode_rows, value_space, meta.num_decodes)
+    return keys, values
 
 
 def _sdpa(queries, keys, values, mask, scaling):

@@ -26,7 +26,8 @@ def build_step_inputs(
     plan: SchedulerOutput, kv_cache: KVCache, workspace: DecodeWorkspace, device: torch.device,
     decode_kernel: DecodeAttention | None = None,
 ) -> StepInputs:
-    """Rows: every decode token (in the workspace's row order), then every prefill chunk's tokens."""
+    """Rows: every decode token (in the workspace's row order when SDPA reads the workspace), then
+    every prefill chunk's tokens."""
     block_size = kv_cache.block_size
     num_kv_heads = kv_cache.shape.num_kv_heads
     token_ids: list[int] = []
@@ -35,7 +36,9 @@ def build_step_inputs(
     logits_rows: list[int] = []
     sampled: list[ScheduledChunk] = []
 
-    decodes, workspace_step = workspace.plan(plan.decodes) if plan.decodes else ([], None)
+    # The kernel reads the blocks in place; SDPA reads the workspace's rows (or a gather).
+    use_workspace = plan.decodes and decode_kernel is None
+    decodes, workspace_step = workspace.plan(plan.decodes) if use_workspace else (plan.decodes, None)
     tables: list[list[int]] = []
     for row, chunk in enumerate(decodes):
         seq, position = chunk.seq, chunk.start
@@ -64,14 +67,16 @@ def build_step_inputs(
             logits_rows.append(len(token_ids) - 1)
             sampled.append(chunk)
 
-    decode_rows = decode_lengths = None
+    decode_rows = decode_tables = decode_lengths = None
     decode_max_context = 0
     if workspace_step is not None:
         decode_max_context = workspace_step.context_len
     elif tables:
         width = max(len(table) for table in tables)
         padded = [table + [0] * (width - len(table)) for table in tables]
-        decode_rows = gather_rows(torch.tensor(padded, dtype=torch.long, device=device), num_kv_heads)
+        decode_tables = torch.tensor(padded, dtype=torch.long, device=device)
+        if decode_kernel is None:
+            decode_rows = gather_rows(decode_tables, num_kv_heads)
         decode_max_context = width * block_size
     if tables:
         decode_lengths = torch.tensor([p + 1 for p in positions[: len(tables)]], dtype=torch.long, device=device)
@@ -81,6 +86,7 @@ def build_step_inputs(
         write_rows=write_rows(torch.tensor(slots, dtype=torch.long, device=device), num_kv_heads, block_size),
         num_decodes=len(plan.decodes),
         decode_rows=decode_rows,
+        decode_block_tables=decode_tables,
         decode_context_lens=decode_lengths,
         decode_max_context=decode_max_context,
         workspace=workspace,

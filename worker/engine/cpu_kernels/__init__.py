@@ -1,8 +1,8 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-`decode_attention_kernel()` returns the AVX-512 decode attention (decode_attention.cpp) when a
-build for this exact source, compiler flags, torch and Python exists and the CPU runs AVX-512;
-otherwise None, and the engine uses torch's SDPA. A worker never compiles: building takes about
+`decode_attention_kernel()` returns the AVX-512 paged decode attention (decode_attention.cpp) when
+a build for this exact source, compiler flags, torch and Python exists and the CPU runs AVX-512;
+otherwise None, and the engine uses torch's SDPA over contiguous copies of the contexts. A worker never compiles: building takes about
 40 s of one core and needs a C++ compiler, so it happens once, in `make setup` (or
 `python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
 
@@ -32,7 +32,8 @@ CFLAGS = ("-O3", "-mavx512f", "-fopenmp")
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)
 NAME = "ferrum_decode_attention"
 
-DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
+# (queries, key_cache, value_cache, block_tables, starts, ends, scale) -> output; see the .cpp's contract.
+DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
                            torch.Tensor]
 
 
@@ -70,9 +71,16 @@ def build(verbose: bool = False) -> Path:
     return library_path()
 
 
+def kernel_supports(head_dim: int, group: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """The kernel's contract (decode_attention.cpp) for a model's shapes: float32/bfloat16 on the
+    CPU, head_dim a multiple of 16 up to 256, at most 16 query heads per KV head."""
+    return (device.type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+            and head_dim % 16 == 0 and head_dim <= 256 and group <= 16)
+
+
 @cache
 def decode_attention_kernel() -> DecodeAttention | None:
-    """The compiled decode attention, or None (with the reason logged once)."""
+    """The compiled paged decode attention, or None (with the reason logged once)."""
     if not cpu_supports_kernels():
         log.info("cpu decode kernel: this CPU has no AVX-512; using torch SDPA")
         return None
@@ -88,4 +96,4 @@ def decode_attention_kernel() -> DecodeAttention | None:
         log.warning("cpu decode kernel at %s does not load (%s); using torch SDPA", library, error)
         return None
     log.info("cpu decode kernel loaded from %s", library)
-    return module.decode_attention
+    return module.paged_decode_attention

@@ -1,20 +1,27 @@
-// Decode attention on the CPU: every decoding sequence's one query token (its query heads that
-// share a KV head packed as G rows) against that sequence's contiguous keys and values.
+// Decode attention on the CPU, read in place from the paged KV cache: every decoding sequence's
+// one query token (its query heads that share a KV head packed as G rows) against the keys and
+// values in that sequence's blocks.
 //
 // Why a kernel: torch's SDPA on the CPU handles these tiny per-sequence problems ([G x D] against
-// [T x D]) as small GEMMs, and for bfloat16 converts through intermediate buffers; decode attention
-// is a streaming read of K and V, so this reads each key and value row once, converts bfloat16 to
-// float32 in registers, and accumulates in float32 (the same precision SDPA's CPU kernel uses).
-// Two passes per (sequence, KV head): scores and softmax, then the weighted sum of values.
+// [T x D]) as small GEMMs, needs the context contiguous (a gather or a copy of every context, every
+// step), and for bfloat16 converts through intermediate buffers. Decode attention is a streaming
+// read of K and V, so this follows the block table, reads each key and value row once where it
+// lies, converts bfloat16 to float32 in registers, and accumulates in float32 (the same precision
+// SDPA's CPU kernel uses). Blocks shared by several sequences (a common prefix) are read by each of
+// them from the same memory. Two passes per (sequence, KV head): scores and softmax, then the
+// weighted sum of values.
 //
-// Contract (checked in decode_attention below and in Python before the call):
-//   q      [B, H, G, D]  float32 or bfloat16, D a multiple of 16 and <= 256, G <= 16
-//   k, v   [B, H, T, D]  same dtype, last dim contiguous (the decode workspace's row views)
-//   starts, ends [B] int64: sequence b attends to positions [starts[b], ends[b]), non-empty
+// Contract (checked in paged_decode_attention below and in Python before the call):
+//   q             [B, H, G, D]  float32 or bfloat16, D a multiple of 16 and <= 256, G <= 16
+//   k, v caches   [N, H, S, D]  same dtype, contiguous (kv_cache.py's layout: S tokens a block)
+//   block_tables  [B, W] int64: sequence b's position t is in block block_tables[b][t / S], row t % S
+//   starts, ends  [B] int64: sequence b attends to positions [starts[b], ends[b]), non-empty,
+//                 ends[b] <= W * S, and every block it reads is in [0, N)
 //   returns [B, H, G, D] in q's dtype.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -23,16 +30,34 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int64_t kMaxChunks = 16;  // head_dim <= 256
 constexpr int64_t kMaxGroup = 16;
-// Software prefetch this far ahead of the row being read. Each (sequence, head) is a short
-// contiguous run (tens of KB) followed by a jump, which the hardware prefetcher follows too late:
-// measured on the 135M model's shapes, fp32 decode attention went from 8 to 15 GB/s (2 threads).
-constexpr int64_t kPrefetchBytes = 4096;
-
+// Software prefetch: while reading row i of a block, fetch row i of the sequence's next block.
+// A (sequence, head) is short contiguous runs (one block each) with jumps between them, which the
+// hardware prefetcher follows too late: measured on the 135M model's shapes (reading contiguous
+// rows, 4 KB ahead), fp32 decode attention went from 8 to 15 GB/s (2 threads).
 template <typename T>
 inline void prefetch_row(const T* row, int64_t head_dim) {
-  const char* ahead = reinterpret_cast<const char*>(row) + kPrefetchBytes;
+  const char* bytes = reinterpret_cast<const char*>(row);
   for (int64_t line = 0; line < head_dim * static_cast<int64_t>(sizeof(T)); line += 64)
-    _mm_prefetch(ahead + line, _MM_HINT_T0);
+    _mm_prefetch(bytes + line, _MM_HINT_T0);
+}
+
+// Walks one sequence's positions [first, end) block by block: calls visit(t, row) for every
+// position in order, row pointing at its head_dim values, and prefetches ahead by one block.
+template <typename T, typename Visit>
+inline void for_each_row(const T* cache, int64_t block_stride, int64_t head_offset, int64_t row_stride,
+                         int64_t block_size, const int64_t* table, int64_t first, int64_t end,
+                         int64_t head_dim, Visit visit) {
+  for (int64_t t = first; t < end;) {
+    const int64_t slot = t / block_size, offset = t % block_size;
+    const int64_t count = std::min(block_size - offset, end - t);
+    const T* row = cache + table[slot] * block_stride + head_offset + offset * row_stride;
+    const bool more = t + count < end;
+    const T* next = more ? cache + table[slot + 1] * block_stride + head_offset + offset * row_stride : nullptr;
+    for (int64_t i = 0; i < count; ++i, ++t, row += row_stride) {
+      if (more) prefetch_row(next + i * row_stride, head_dim);
+      visit(t - first, row);
+    }
+  }
 }
 
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
@@ -69,8 +94,10 @@ inline __m512 exp16(__m512 x) {
 
 template <typename T>
 void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                   const int64_t* starts, const int64_t* ends, float scale, torch::Tensor& out) {
+                   const int64_t* tables, int64_t table_width, const int64_t* starts, const int64_t* ends,
+                   float scale, torch::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), G = q.size(2), D = q.size(3), chunks = D / kLanes;
+  const int64_t S = k.size(2);
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
@@ -85,23 +112,23 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
       const int64_t b = item / H, h = item % H;
       const int64_t first = starts[b], len = ends[b] - first;
       const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
+      const int64_t* table = tables + b * table_width;
       scores.assign(G * padded, -INFINITY);
+      float* score = scores.data();
       const T* qbase = qp + (b * H + h) * G * D;
       for (int64_t i = 0; i < G * chunks; ++i) query[i] = _mm512_mul_ps(load16(qbase + i * kLanes), _mm512_set1_ps(scale));
-      const T* krow = kp + b * ks0 + h * ks1 + first * ks2;
-      for (int64_t t = 0; t < len; ++t, krow += ks2) {
-        prefetch_row(krow, D);
+      for_each_row(kp, ks0, h * ks1, ks2, S, table, first, ends[b], D, [&](int64_t t, const T* key_row) {
         __m512 dots[kMaxGroup];
         for (int64_t g = 0; g < G; ++g) dots[g] = _mm512_setzero_ps();
         for (int64_t c = 0; c < chunks; ++c) {
-          __m512 key = load16(krow + c * kLanes);
+          __m512 key = load16(key_row + c * kLanes);
           for (int64_t g = 0; g < G; ++g) dots[g] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g]);
         }
-        for (int64_t g = 0; g < G; ++g) scores[g * padded + t] = _mm512_reduce_add_ps(dots[g]);
-      }
+        for (int64_t g = 0; g < G; ++g) score[g * padded + t] = _mm512_reduce_add_ps(dots[g]);
+      });
       __m512 inverse[kMaxGroup];
       for (int64_t g = 0; g < G; ++g) {
-        float* s = scores.data() + g * padded;
+        float* s = score + g * padded;
         __m512 peak = _mm512_set1_ps(-INFINITY);
         for (int64_t t = 0; t < padded; t += kLanes) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
         __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
@@ -114,15 +141,13 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
         inverse[g] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
       }
       for (int64_t i = 0; i < G * chunks; ++i) acc[i] = _mm512_setzero_ps();
-      const T* vrow = vp + b * vs0 + h * vs1 + first * vs2;
-      for (int64_t t = 0; t < len; ++t, vrow += vs2) {
-        prefetch_row(vrow, D);
+      for_each_row(vp, vs0, h * vs1, vs2, S, table, first, ends[b], D, [&](int64_t t, const T* value_row) {
         for (int64_t c = 0; c < chunks; ++c) {
-          __m512 value = load16(vrow + c * kLanes);
+          __m512 value = load16(value_row + c * kLanes);
           for (int64_t g = 0; g < G; ++g)
-            acc[g * chunks + c] = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * padded + t]), value, acc[g * chunks + c]);
+            acc[g * chunks + c] = _mm512_fmadd_ps(_mm512_set1_ps(score[g * padded + t]), value, acc[g * chunks + c]);
         }
-      }
+      });
       T* obase = op + (b * H + h) * G * D;
       for (int64_t g = 0; g < G; ++g)
         for (int64_t c = 0; c < chunks; ++c)
@@ -133,34 +158,42 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
 
 }  // namespace
 
-torch::Tensor decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor starts,
-                               torch::Tensor ends, double scale) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q, k, v must be 4-d");
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor block_tables,
+                                     torch::Tensor starts, torch::Tensor ends, double scale) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q and the k, v caches must be 4-d");
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "cpu tensors only");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v dtypes differ");
-  TORCH_CHECK(k.size(0) == q.size(0) && v.size(0) == q.size(0) && k.size(1) == q.size(1) && v.size(1) == q.size(1),
-              "q, k, v batch or head counts differ");
-  TORCH_CHECK(k.size(3) == q.size(3) && v.size(3) == q.size(3) && k.size(2) == v.size(2), "k, v shapes differ");
-  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "k and v need a contiguous last dim");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.is_contiguous() && v.is_contiguous(),
+              "the k and v caches must have one shape and be contiguous");
+  TORCH_CHECK(k.size(1) == q.size(1) && k.size(3) == q.size(3), "q and the caches differ in heads or head_dim");
   TORCH_CHECK(q.size(3) % kLanes == 0 && q.size(3) <= kLanes * kMaxChunks && q.size(2) <= kMaxGroup,
               "head_dim must be a multiple of 16 up to 256, and at most 16 query heads per KV head");
+  auto tables = block_tables.to(torch::kLong).contiguous();
   auto s = starts.to(torch::kLong).contiguous();
   auto e = ends.to(torch::kLong).contiguous();
-  TORCH_CHECK(s.numel() == q.size(0) && e.numel() == q.size(0), "one start and end per sequence");
+  const int64_t B = q.size(0), block_size = k.size(2), num_blocks = k.size(0);
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B, "one block table row per sequence");
+  TORCH_CHECK(s.numel() == B && e.numel() == B, "one start and end per sequence");
+  const int64_t width = tables.size(1);
+  const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* sp = s.data_ptr<int64_t>();
   const int64_t* ep = e.data_ptr<int64_t>();
-  for (int64_t b = 0; b < q.size(0); ++b)
-    TORCH_CHECK(0 <= sp[b] && sp[b] < ep[b] && ep[b] <= k.size(2), "each range must be non-empty and inside k");
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(0 <= sp[b] && sp[b] < ep[b] && ep[b] <= width * block_size,
+                "each range must be non-empty and inside its block table");
+    for (int64_t slot = sp[b] / block_size; slot <= (ep[b] - 1) / block_size; ++slot)
+      TORCH_CHECK(0 <= tp[b * width + slot] && tp[b * width + slot] < num_blocks, "a block id is outside the cache");
+  }
   q = q.contiguous();
   auto out = torch::empty_like(q);
   if (q.scalar_type() == torch::kFloat) {
-    decode_kernel<float>(q, k, v, sp, ep, static_cast<float>(scale), out);
+    decode_kernel<float>(q, k, v, tp, width, sp, ep, static_cast<float>(scale), out);
   } else if (q.scalar_type() == torch::kBFloat16) {
-    decode_kernel<c10::BFloat16>(q, k, v, sp, ep, static_cast<float>(scale), out);
+    decode_kernel<c10::BFloat16>(q, k, v, tp, width, sp, ep, static_cast<float>(scale), out);
   } else {
-    TORCH_CHECK(false, "decode_attention supports float32 and bfloat16");
+    TORCH_CHECK(false, "paged_decode_attention supports float32 and bfloat16");
   }
   return out;
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("decode_attention", &decode_attention); }
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("paged_decode_attention", &paged_decode_attention); }
