@@ -1,6 +1,7 @@
 """One choice's pipeline: token ids -> incremental text -> stop strings -> deltas with logprobs.
 
-Blocking (it calls the tokenizer); the gateway runs `consume` in its executor. Invariants: the
+Blocking (it calls the tokenizer): the gateway runs `consume` on its loop only for increments of a
+few tokens (generation.INLINE_DECODE_WORK), otherwise in its executor. Invariants: the
 texts of all deltas joined are the choice's final text; a token's logprob entry is released with
 (or after) the text it produced, and on a stop-string match only tokens whose text starts before
 the cut are reported; `completion_tokens` counts every token consumed up to and including the one

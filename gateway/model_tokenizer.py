@@ -1,6 +1,7 @@
 """One model's tokenizer, loaded from the files a worker registered (the gateway has no model dir).
 
-Every method here is blocking; callers run them in the gateway's executor, never on the loop.
+Every method here is blocking; callers run them in the gateway's executor, never on the loop,
+except the few-token decodes of a streamed increment (see generation.INLINE_DECODE_WORK).
 """
 
 from __future__ import annotations
