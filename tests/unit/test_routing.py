@@ -39,6 +39,15 @@ def test_full_workers_are_never_chosen_and_kv_pressure_counts():
     assert d.worker.worker_id == "b"
 
 
+def test_with_nothing_cached_load_decides_until_kv_runs_short():
+    # usage figures differing well below full do not outweigh two more requests
+    d = cache_aware([W("a", load=2 / 64, kv_usage=0.6), W("b", load=4 / 64, kv_usage=0.2)], {}, 10)
+    assert (d.worker.worker_id, d.reason) == ("a", "load")
+    # a nearly full cache does
+    d = cache_aware([W("a", load=2 / 64, kv_usage=0.98), W("b", load=4 / 64, kv_usage=0.2)], {}, 10)
+    assert d.worker.worker_id == "b"
+
+
 def test_round_robin_cycles_over_ready_workers():
     workers = [W("b"), W("a"), W("c", credit=0)]
     assert [round_robin(workers, t).worker.worker_id for t in range(4)] == ["a", "b", "a", "b"]
