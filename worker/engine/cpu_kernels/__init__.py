@@ -2,9 +2,9 @@
 
 `decode_attention_kernel()` returns the AVX-512 paged decode attention (decode_attention.cpp) when
 a build for this exact source, compiler flags, torch and Python exists and the CPU runs AVX-512;
-otherwise None, and the engine uses torch's SDPA over contiguous copies of the contexts. A worker never compiles: building takes about
-40 s of one core and needs a C++ compiler, so it happens once, in `make setup` (or
-`python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
+otherwise None, and the engine uses torch's SDPA over contiguous copies of the contexts. A worker
+never compiles: building takes 20-40 s of one core and needs a C++ compiler, so it happens once,
+in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
 
 Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
 binary is never loaded; it is simply not found.
