@@ -52,7 +52,7 @@ inline void for_each_row(const T* cache, int64_t block_stride, int64_t head_offs
     const int64_t count = std::min(block_size - offset, end - t);
     const T* row = cache + table[slot] * block_stride + head_offset + offset * row_stride;
     const bool more = t + count < end;
-    const T* next = more ? cache + table[slot + 1] * block_stride + head_offset + offset * row_stride : nullptr;
+    const T* next = more ? cache + table[slot + 1] * block_stride + head_offset : nullptr;  // its row 0
     for (int64_t i = 0; i < count; ++i, ++t, row += row_stride) {
       if (more) prefetch_row(next + i * row_stride, head_dim);
       visit(t - first, row);
