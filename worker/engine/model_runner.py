@@ -7,6 +7,7 @@ import inspect
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from worker.engine.allocator import keep_freed_memory
 from worker.engine.cpu_kernels import decode_attention_kernel, kernel_supports
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
@@ -32,6 +33,8 @@ class ModelRunner:
 
     def __init__(self, model_dir: str, config: EngineConfig, num_blocks: int | None = None) -> None:
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # activations live in host memory: reuse them, don't page-fault them
         self.dtype = resolve_dtype(model_dir, config.dtype)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
