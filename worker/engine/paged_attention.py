@@ -16,16 +16,19 @@ Per layer: the new keys/values are written into the cache at the slot mapping, t
   when it is over budget, the block tables gathered by one index_select of contiguous block rows.
   The query heads sharing a KV head are packed as extra query rows (GQA without repeating K/V);
 - each prefill chunk attends causally over its sequence's cached prefix plus itself (a chunk with
-  no prefix uses the fresh keys directly).
+  no prefix uses the fresh keys directly): prefill_attention.py.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
 from worker.engine.attention_metadata import PagedAttentionMetadata
+from worker.engine.prefill_attention import prefill_attention
 
 ATTENTION_NAME = "ferrum_paged"
 
@@ -74,10 +77,8 @@ def paged_attention(
             key_space, value_space = meta.kv_cache.gather_buffers(chunk.context_rows.numel())
             keys = _gather(key_cache, chunk.context_rows, key_space, 1)[0, :, : chunk.context_len]
             values = _gather(value_cache, chunk.context_rows, value_space, 1)[0, :, : chunk.context_len]
-        mask = None
-        if chunk.context_start > 0 or sliding_window is not None:
-            mask = meta.prefill_mask(index, sliding_window)
-        output[rows] = _sdpa(queries[rows], keys, values, mask, scaling)
+        output[rows] = prefill_attention(queries[rows], keys, values, chunk.context_start, scaling, sliding_window,
+                                         partial(meta.prefill_mask, index, sliding_window))
     return output.unsqueeze(0), None
 
 
@@ -120,20 +121,6 @@ def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_valu
     keys = _gather(key_cache, meta.decode_rows, key_space, meta.num_decodes)
     values = _gather(value_cache, meta.decode_rows, value_space, meta.num_decodes)
     return keys, values
-
-
-def _sdpa(queries, keys, values, mask, scaling):
-    """One sequence: `queries` `[q, heads, dim]`, `keys`/`values` `[kv_heads, k, dim]` -> `[q, heads, dim]`."""
-    output = F.scaled_dot_product_attention(
-        queries.transpose(0, 1).unsqueeze(0),
-        keys.unsqueeze(0),
-        values.unsqueeze(0),
-        attn_mask=mask,
-        is_causal=mask is None,
-        scale=scaling,
-        enable_gqa=queries.shape[1] != keys.shape[0],
-    )
-    return output[0].transpose(0, 1)
 
 
 AttentionInterface.register(ATTENTION_NAME, paged_attention)
