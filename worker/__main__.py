@@ -24,7 +24,7 @@ from services.tracing import setup_tracing
 from services.types import WorkerRegister
 from worker.engine import create_engine
 from worker.engine_config import EngineConfig
-from worker.engine_loop import EngineLoop
+from worker.engine_loop import EngineLoop, load_engine
 from worker.index_publisher import IndexPublisher
 from worker.model_source import eos_token_ids, model_context_length, resolve_model_dir, tokenizer_bundle
 from worker.session import WorkerSession
@@ -71,8 +71,8 @@ async def serve(settings: WorkerSettings) -> None:
     if settings.max_sequence_length:
         max_len = min(max_len, settings.max_sequence_length)
     started = time.monotonic()
-    engine = await asyncio.to_thread(create_engine, str(model_dir), engine_config(settings, max_len),
-                                     eos_token_ids(model_dir))
+    config = engine_config(settings, max_len)
+    engine = await load_engine(lambda: create_engine(str(model_dir), config, eos_token_ids(model_dir)))
     log.info("model loaded", extra={"model": name, "seconds": round(time.monotonic() - started, 2),
                                     "capacity": vars(engine.capacity)})
     cap = engine.capacity
