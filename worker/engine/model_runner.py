@@ -8,8 +8,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
-from worker.engine.cpu_kernels import decode_attention_kernel, kernel_supports
+from worker.engine.cpu_kernels import decode_attention_kernel, fused_layer_kernels, kernel_supports
 from worker.engine.decode_workspace import DecodeWorkspace
+from worker.engine.fused_layers import fuse_layers
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
 from worker.engine.paged_attention import ATTENTION_NAME
 from worker.engine.step_inputs import StepInputs
@@ -40,6 +41,10 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
+        self.fused_modules = 0
+        if config.cpu_kernels and self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            kernels = fused_layer_kernels()
+            self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)

@@ -1,10 +1,12 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-`decode_attention_kernel()` returns the AVX-512 paged decode attention (decode_attention.cpp) when
-a build for this exact source, compiler flags, torch and Python exists and the CPU runs AVX-512;
-otherwise None, and the engine uses torch's SDPA over contiguous copies of the contexts. A worker
-never compiles: building takes 20-40 s of one core and needs a C++ compiler, so it happens once,
-in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
+One extension of three sources: the AVX-512 paged decode attention (decode_attention.cpp), the
+fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp) and their Python bindings
+(bindings.cpp). `decode_attention_kernel()` and `fused_layer_kernels()` return them when a build for
+these exact sources, compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise
+None, and the engine uses torch's own operations. A worker never compiles: building takes 20-40 s
+of one core and needs a C++ compiler, so it happens once, in `make setup` (or
+`python -m worker.engine.cpu_kernels`), and a failed build only costs speed.
 
 Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
 binary is never loaded; it is simply not found.
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Callable
@@ -26,19 +29,27 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("decode_attention.cpp")
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.cpp", "fused_layers.cpp", "bindings.cpp"))
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
-CFLAGS = ("-O3", "-mavx512f", "-fopenmp")
+CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)
-NAME = "ferrum_decode_attention"
+NAME = "ferrum_cpu_kernels"
 
 # (queries, key_cache, value_cache, block_tables, starts, ends, scale) -> output; see the .cpp's contract.
 DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
                            torch.Tensor]
 
 
+@dataclass(frozen=True)
+class FusedLayerKernels:
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]  # (x, weight, eps)
+    silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (gate, up)
+
+
 def build_key() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
     for part in (*CFLAGS, *LDFLAGS, torch.__version__, sys.version):
         digest.update(part.encode())
     return digest.hexdigest()[:16]
@@ -63,7 +74,7 @@ def build(verbose: bool = False) -> Path:
 
     directory = build_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    load(NAME, [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+    load(NAME, [str(source) for source in SOURCES], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
          build_directory=str(directory), verbose=verbose)
     for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or torch versions
         if stale.is_dir() and stale != directory:
@@ -79,21 +90,33 @@ def kernel_supports(head_dim: int, group: int, dtype: torch.dtype, device: torch
 
 
 @cache
-def decode_attention_kernel() -> DecodeAttention | None:
-    """The compiled paged decode attention, or None (with the reason logged once)."""
+def _extension():
+    """The loaded extension module, or None (with the reason logged once)."""
     if not cpu_supports_kernels():
-        log.info("cpu decode kernel: this CPU has no AVX-512; using torch SDPA")
+        log.info("cpu kernels: this CPU has no AVX-512; using torch's operations")
         return None
     library = library_path()
     if not library.exists():
-        log.warning("cpu decode kernel not built for this torch/source (run `make kernels`); using torch SDPA")
+        log.warning("cpu kernels not built for this torch/source (run `make kernels`); using torch's operations")
         return None
     try:
         spec = importlib.util.spec_from_file_location(NAME, library)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    except (ImportError, OSError) as error:  # a build the loader refuses: run with SDPA, say why
-        log.warning("cpu decode kernel at %s does not load (%s); using torch SDPA", library, error)
+    except (ImportError, OSError) as error:  # a build the loader refuses: run without, say why
+        log.warning("cpu kernels at %s do not load (%s); using torch's operations", library, error)
         return None
-    log.info("cpu decode kernel loaded from %s", library)
-    return module.paged_decode_attention
+    log.info("cpu kernels loaded from %s", library)
+    return module
+
+
+def decode_attention_kernel() -> DecodeAttention | None:
+    """The compiled paged decode attention, or None."""
+    module = _extension()
+    return module.paged_decode_attention if module is not None else None
+
+
+def fused_layer_kernels() -> FusedLayerKernels | None:
+    """The compiled bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), or None."""
+    module = _extension()
+    return FusedLayerKernels(module.rms_norm, module.silu_mul) if module is not None else None

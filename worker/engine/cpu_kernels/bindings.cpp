@@ -1,0 +1,13 @@
+// The Python module of the CPU kernels: one extension, one entry per kernel source.
+#include <torch/extension.h>
+
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor block_tables,
+                                     torch::Tensor starts, torch::Tensor ends, double scale);
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up);
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode_attention", &paged_decode_attention);
+  m.def("rms_norm", &rms_norm);
+  m.def("silu_mul", &silu_mul);
+}

@@ -1,0 +1,121 @@
+// Two of a decoder layer's elementwise blocks as one pass each, for bfloat16 on the CPU.
+//
+// Why: in eager torch an RMSNorm is nine operations (a float32 copy, pow, mean, add, rsqrt, two
+// multiplies, a bfloat16 copy) and the MLP's activation two (silu, multiply). At decode (one token
+// per sequence) each costs its dispatch, not its arithmetic; at prefill each is a pass over
+// megabytes. Both compute what transformers' Llama code computes, rounding to bfloat16 at the same
+// points; only the order of the variance's float32 sum differs.
+//
+//   rms_norm(x, weight, eps): x [..., n] and weight [n] bfloat16, x contiguous ->
+//       weight * bf16(x * rsqrt(mean(x^2) + eps)), the mean in float32
+//   silu_mul(gate, up): same-shape contiguous bfloat16 -> bf16(bf16(silu(gate)) * up)
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <algorithm>
+#include <cmath>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kGrainElements = 1 << 14;  // below this a call stays on one thread
+
+inline __mmask16 lanes(int64_t count) {
+  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
+
+inline __m512 load(const c10::BFloat16* p, __mmask16 mask) {
+  __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// Round to nearest even at bfloat16 precision (as torch's conversion does), kept as float32 bits.
+inline __m512i rounded_bits(__m512 x) {
+  __m512i bits = _mm512_castps_si512(x);
+  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+}
+
+inline __m512 round_to_bf16(__m512 x) {
+  return _mm512_castsi512_ps(_mm512_and_si512(rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+inline void store(c10::BFloat16* p, __m512 x, __mmask16 mask) {
+  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded_bits(x), 16)));
+}
+
+// exp over float32's whole range: Cody-Waite reduction and a degree-6 polynomial (relative error
+// ~1e-7); results past the range saturate to 0 or inf as expf's do.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.f)), _mm512_set1_ps(89.f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+void check_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous(), name,
+              " must be a contiguous bfloat16 cpu tensor");
+}
+
+}  // namespace
+
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+  check_bf16(x, "x");
+  check_bf16(weight, "weight");
+  const int64_t n = weight.numel();
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n && n > 0, "x's last dimension must match weight");
+  auto out = torch::empty_like(x);
+  const int64_t rows = x.numel() / n;
+  const auto* xp = x.data_ptr<c10::BFloat16>();
+  const auto* wp = weight.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  const float epsilon = static_cast<float>(eps);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const c10::BFloat16* in = xp + row * n;
+      __m512 squares = _mm512_setzero_ps();
+      for (int64_t i = 0; i < n; i += kLanes) {
+        __m512 v = load(in + i, lanes(n - i));
+        squares = _mm512_fmadd_ps(v, v, squares);
+      }
+      const float inverse_rms = 1.f / std::sqrt(_mm512_reduce_add_ps(squares) / static_cast<float>(n) + epsilon);
+      const __m512 scale = _mm512_set1_ps(inverse_rms);
+      for (int64_t i = 0; i < n; i += kLanes) {
+        const __mmask16 mask = lanes(n - i);
+        __m512 normed = round_to_bf16(_mm512_mul_ps(load(in + i, mask), scale));
+        store(op + row * n + i, _mm512_mul_ps(load(wp + i, mask), normed), mask);
+      }
+    }
+  });
+  return out;
+}
+
+torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
+  check_bf16(gate, "gate");
+  check_bf16(up, "up");
+  TORCH_CHECK(gate.sizes() == up.sizes(), "gate and up must have one shape");
+  auto out = torch::empty_like(gate);
+  const int64_t count = gate.numel();
+  const auto* gp = gate.data_ptr<c10::BFloat16>();
+  const auto* up_ = up.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, (count + kLanes - 1) / kLanes, kGrainElements / kLanes, [&](int64_t begin, int64_t end) {
+    for (int64_t vector = begin; vector < end; ++vector) {
+      const int64_t i = vector * kLanes;
+      const __mmask16 mask = lanes(count - i);
+      __m512 g = load(gp + i, mask);
+      __m512 silu = round_to_bf16(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+      store(op + i, _mm512_mul_ps(silu, load(up_ + i, mask)), mask);
+    }
+  });
+  return out;
+}

@@ -1,0 +1,94 @@
+"""Runs a bfloat16 model's RMSNorm and gated-SiLU MLP modules through the fused CPU kernels
+(cpu_kernels/fused_layers.cpp), where a check on the module itself shows they compute the same.
+
+transformers' modeling code stays as it is: a module shaped like Llama's (an RMSNorm with `weight`
+and `variance_epsilon`; an MLP with gate_proj, up_proj, down_proj and a SiLU act_fn) gets an
+instance-level forward calling the kernel. Before that, module and kernel run on the same random
+input; a module that computes something else under a familiar shape (Gemma's `1 + weight` norm,
+say) disagrees and keeps its own forward. Only for bfloat16 on a CPU: float32 models keep torch's
+operations, the ones the greedy-exactness oracle runs.
+
+Why: at decode an eager RMSNorm is nine small operations, each costing its dispatch, and at
+prefill each is a pass over megabytes. Measured in-process on bench-135m in bfloat16 (32 prompts
+of 256 tokens, 64 tokens out, 2 threads, alternating runs): 91 modules swapped, decode step
+37.5-38.2 -> 35.9-36.1 ms, prefill 2.82-2.84 -> 2.70-2.77 s.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from worker.engine.cpu_kernels import FusedLayerKernels
+
+log = logging.getLogger(__name__)
+
+_SILU_CLASSES = {"SiLU", "SiLUActivation"}  # torch's and transformers' (ACT2FN["silu"])
+CHECK_ROWS = 8
+# Agreement: within two bfloat16 steps of the largest output (rounding may differ in the last bit
+# where the float32 sums are ordered differently; a different formula misses by far more).
+TOLERANCE = 2.0**-6
+
+
+def fuse_layers(model: torch.nn.Module, kernels: FusedLayerKernels) -> int:
+    """Swap every agreeing module's forward; returns how many were swapped."""
+    swapped = 0
+    for name, module in model.named_modules():
+        fused = _fused_forward(module, kernels)
+        if fused is None:
+            continue
+        if _agrees(module, fused):
+            module.forward = fused
+            swapped += 1
+        else:
+            log.info("fused layers: %s (%s) computes something else; it keeps its own forward",
+                     name, type(module).__name__)
+    return swapped
+
+
+def _fused_forward(module: torch.nn.Module, kernels: FusedLayerKernels) -> Callable | None:
+    if _is_rms_norm(module):
+        original = module.forward
+
+        def rms_norm_forward(hidden_states: torch.Tensor) -> torch.Tensor:
+            if hidden_states.dtype != torch.bfloat16 or not hidden_states.is_contiguous():
+                return original(hidden_states)
+            return kernels.rms_norm(hidden_states, module.weight, module.variance_epsilon)
+
+        return rms_norm_forward
+    if _is_silu_mlp(module):
+        original = module.forward
+
+        def mlp_forward(x: torch.Tensor) -> torch.Tensor:
+            gate, up = module.gate_proj(x), module.up_proj(x)
+            if gate.dtype != torch.bfloat16 or not (gate.is_contiguous() and up.is_contiguous()):
+                return original(x)
+            return module.down_proj(kernels.silu_mul(gate, up))
+
+        return mlp_forward
+    return None
+
+
+def _is_rms_norm(module: torch.nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__.endswith("RMSNorm") and isinstance(weight, torch.Tensor) and weight.dim() == 1
+            and weight.dtype == torch.bfloat16 and isinstance(getattr(module, "variance_epsilon", None), float))
+
+
+def _is_silu_mlp(module: torch.nn.Module) -> bool:
+    projections = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    return (all(isinstance(p, torch.nn.Linear) and p.weight.dtype == torch.bfloat16 for p in projections)
+            and type(getattr(module, "act_fn", None)).__name__ in _SILU_CLASSES)
+
+
+def _agrees(module: torch.nn.Module, fused: Callable) -> bool:
+    width = module.weight.shape[0] if _is_rms_norm(module) else module.gate_proj.in_features
+    device = next(module.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(0)
+    sample = torch.randn(CHECK_ROWS, width, generator=generator, device=device).to(torch.bfloat16)
+    with torch.inference_mode():
+        expected, actual = module.forward(sample).float(), fused(sample).float()
+    scale = expected.abs().max().clamp(min=1e-6)
+    return actual.shape == expected.shape and bool(((actual - expected).abs().max() <= TOLERANCE * scale).item())
