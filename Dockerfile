@@ -53,9 +53,10 @@ RUN mkdir -p services/_generated \
  && touch services/_generated/__init__.py \
  && pip install --no-deps --editable .
 
-# The AVX-512 decode attention (worker/engine/cpu_kernels), compiled here so that the runtime
-# image needs no compiler. Workers load it only on an AVX-512 CPU; a failed build is reported
-# and costs only speed (torch SDPA is used instead).
+# The AVX-512 kernels (worker/engine/cpu_kernels: decode attention, fused bfloat16 norm and MLP
+# activation), compiled here so that the runtime image needs no compiler. Workers load them only
+# on an AVX-512 CPU; a failed build is reported and costs only speed (torch's SDPA and operations
+# are used instead).
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ \
