@@ -10,9 +10,12 @@ copy: on a CPU, decode attention is bound by these copies, not by arithmetic.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+
+from worker.engine.allocator import zeros_in_huge_pages
 
 _MIB = 1 << 20
 
@@ -48,8 +51,12 @@ class KVCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         dims = (num_blocks, shape.num_kv_heads, block_size, shape.head_dim)
-        self.keys = [torch.zeros(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
-        self.values = [torch.zeros(dims, dtype=dtype, device=device) for _ in range(shape.num_layers)]
+        numel = 2 * shape.num_layers * math.prod(dims)
+        # One allocation for every layer's keys and values; on a CPU, in huge pages (allocator.py).
+        storage = (zeros_in_huge_pages(numel, dtype) if torch.device(device).type == "cpu"
+                   else torch.zeros(numel, dtype=dtype, device=device))
+        keys, values = storage.view(2, shape.num_layers, *dims)
+        self.keys, self.values = list(keys), list(values)  # each layer's tensor is contiguous
         self._gather_space = torch.empty(0, dtype=dtype, device=device)
 
     def gather_buffers(self, num_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
