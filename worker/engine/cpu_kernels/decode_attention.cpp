@@ -21,6 +21,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include "vector_exp.h"
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -74,23 +75,9 @@ inline void store16(c10::BFloat16* p, __m512 x) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
 }
 
-// exp for x <= 0 (softmax inputs after subtracting the max): Cody-Waite range reduction and a
-// degree-6 polynomial; relative error ~1e-7. Inputs below -87.3 (padding's -inf included) give
-// exp(-87.3) ~ 1e-38 rather than 0: nothing beside the maximum's exp(0) = 1 in the sum.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
-  return _mm512_scalef_ps(p, n);
-}
+// exp for x <= 0 (softmax inputs after subtracting the max). Inputs below -87.3 (padding's -inf
+// included) give exp(-87.3) ~ 1e-38 rather than 0: nothing beside the maximum's exp(0) = 1 in the sum.
+inline __m512 exp16(__m512 x) { return exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(-87.3f))); }
 
 // Lane i of the result is the sum of v[i]'s 16 lanes: a transpose-and-add tree of 45 shuffles
 // and adds for 16 key rows, where one horizontal reduction per row costs about 8 each.
