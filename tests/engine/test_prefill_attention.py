@@ -36,8 +36,11 @@ def _reference(queries, keys, values, allowed, scale):
     return output.transpose(0, 1)
 
 
-@pytest.mark.parametrize("chunk, prefix", [(1, 0), (5, 0), (QUERY_TILE, 0), (QUERY_TILE + 3, 0), (2 * QUERY_TILE + 40, 0),
-                                           (1, 37), (64, 512), (QUERY_TILE + 1, 100)])
+CHUNKS = [(1, 0), (5, 0), (QUERY_TILE, 0), (QUERY_TILE + 3, 0), (2 * QUERY_TILE + 40, 0),  # no prefix
+          (1, 37), (64, 512), (QUERY_TILE + 1, 100)]  # after a cached prefix
+
+
+@pytest.mark.parametrize("chunk, prefix", CHUNKS)
 @pytest.mark.parametrize("heads, kv_heads", [(9, 3), (4, 4), (8, 1)])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, 3e-2), (torch.float32, 2e-6)])
 def test_prefill_attention_matches_float32_sdpa(chunk, prefix, heads, kv_heads, dtype, tolerance):

@@ -62,9 +62,9 @@ def _fused_forward(module: torch.nn.Module, kernels: FusedLayerKernels) -> Calla
         original = module.forward
 
         def mlp_forward(x: torch.Tensor) -> torch.Tensor:
-            gate, up = module.gate_proj(x), module.up_proj(x)
-            if gate.dtype != torch.bfloat16 or not (gate.is_contiguous() and up.is_contiguous()):
+            if x.dtype != torch.bfloat16:
                 return original(x)
+            gate, up = module.gate_proj(x).contiguous(), module.up_proj(x).contiguous()
             return module.down_proj(kernels.silu_mul(gate, up))
 
         return mlp_forward

@@ -102,7 +102,8 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
       const int64_t i = vector * kLanes;
       const __mmask16 mask = lanes(count - i);
       __m512 g = load(gp + i, mask);
-      __m512 silu = round_to_bf16(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)))));
+      __m512 denominator = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+      __m512 silu = round_to_bf16(_mm512_div_ps(g, denominator));
       store(op + i, _mm512_mul_ps(silu, load(up_ + i, mask)), mask);
     }
   });
