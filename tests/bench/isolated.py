@@ -3,8 +3,10 @@ every in-process reference (static generate, the bare engine, the matmul rooflin
 same clean state and gives all its memory back when done.
 
 Inside that process the function runs on a thread of its own, as the servers run their engines
-(Ferrum's engine loop, transformers serve's generation thread): torch's small ops cost differently
-on the main thread (its OpenMP team) than on another one, by 10x on a busy machine.
+(Ferrum's engine loop, transformers serve's generation thread), and it loads and computes on that
+one thread: a second thread that had run parallel work would leave libgomp managing more threads
+than there are CPUs, and it then stops spinning between parallel regions (Ferrum's decode steps
+took a third longer that way; see worker/engine_loop.load_engine).
 """
 
 from __future__ import annotations
