@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 import torch
@@ -42,10 +43,8 @@ TRIM_THRESHOLD = 1 << 30
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for the whole process; False where the C library is
     not glibc (or refuses), which changes nothing but speed."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
@@ -60,16 +59,18 @@ def zeros_in_huge_pages(numel: int, dtype: torch.dtype) -> torch.Tensor:
     tensor = torch.empty(numel, dtype=dtype)
     start = tensor.data_ptr()
     first, last = -(-start // HUGE_PAGE) * HUGE_PAGE, (start + tensor.nbytes) // HUGE_PAGE * HUGE_PAGE
-    if last > first:
-        _madvise_huge(first, last - first)
+    madvise = getattr(_libc(), "madvise", None)
+    if last > first and madvise is not None:
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        if madvise(first, last - first, _MADV_HUGEPAGE) != 0:
+            log.info("huge pages not available for the KV cache (errno %d)", ctypes.get_errno())
     return tensor.zero_()
 
 
-def _madvise_huge(address: int, length: int) -> None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The process's C library (None where it cannot be opened)."""
     try:
-        madvise = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).madvise
-    except (OSError, AttributeError, TypeError):
-        return
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    if madvise(address, length, _MADV_HUGEPAGE) != 0:
-        log.info("huge pages not available for the KV cache (errno %d)", ctypes.get_errno())
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except (OSError, TypeError):
+        return None

@@ -2,12 +2,12 @@
 
 One extension of three sources: the AVX-512 paged decode attention (decode_attention.cpp), the
 fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp) and their Python bindings
-(bindings.cpp), with the exp they share in vector_exp.h. `decode_attention_kernel()` and
-`fused_layer_kernels()` return them when a build for these exact sources, compiler flags, torch
-and Python exists and the CPU runs AVX-512; otherwise None, and the engine uses torch's own
-operations. A worker never compiles: building takes 20-40 s of one core and needs a C++ compiler,
-so it happens once, in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build
-only costs speed.
+(bindings.cpp), with the exp and bfloat16 rounding they share in vector_math.h.
+`decode_attention_kernel()` and `fused_layer_kernels()` return them when a build for these exact
+sources, compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise None, and the
+engine uses torch's own operations. A worker never compiles: building takes 20-40 s of one core
+and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
+worker.engine.cpu_kernels`), and a failed build only costs speed.
 
 Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
 binary is never loaded; it is simply not found.
@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.cpp", "fused_layers.cpp", "bindings.cpp"))
-HEADERS = (Path(__file__).with_name("vector_exp.h"),)  # included by the sources
+HEADERS = (Path(__file__).with_name("vector_math.h"),)  # included by the sources
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)

@@ -21,7 +21,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include "vector_exp.h"
+#include "vector_math.h"
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -68,11 +68,8 @@ inline __m512 load16(const c10::BFloat16* p) {
 }
 inline void store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
 inline void store16(c10::BFloat16* p, __m512 x) {
-  // round to nearest even, as torch does
-  __m512i bits = _mm512_castps_si512(x);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  __m256i halves = _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), halves);
 }
 
 // exp for x <= 0 (softmax inputs after subtracting the max). Inputs below -87.3 (padding's -inf

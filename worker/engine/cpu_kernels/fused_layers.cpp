@@ -12,7 +12,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
-#include "vector_exp.h"
+#include "vector_math.h"
 #include <algorithm>
 #include <cmath>
 
@@ -30,19 +30,13 @@ inline __m512 load(const c10::BFloat16* p, __mmask16 mask) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// Round to nearest even at bfloat16 precision (as torch's conversion does), kept as float32 bits.
-inline __m512i rounded_bits(__m512 x) {
-  __m512i bits = _mm512_castps_si512(x);
-  __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  return _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-}
-
+// x rounded to bfloat16 precision, kept in float32 for further arithmetic.
 inline __m512 round_to_bf16(__m512 x) {
-  return _mm512_castsi512_ps(_mm512_and_si512(rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+  return _mm512_castsi512_ps(_mm512_and_si512(bf16_rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
 inline void store(c10::BFloat16* p, __m512 x, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded_bits(x), 16)));
+  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16)));
 }
 
 // exp over float32's whole range: past it the result saturates to 0 or inf, as expf's does.
