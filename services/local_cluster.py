@@ -107,7 +107,13 @@ class LocalCluster:
 
     def _worker_proc(self, index: int, spec: WorkerSpec) -> _Proc:
         env = {"FERRUM_INFER_MODEL_PATH": spec.model_path, "FERRUM_INFER_METRICS_PORT": str(free_port()),
-               "FERRUM_INFER_WORKER_ID": f"worker-{index}", **spec.env}
+               "FERRUM_INFER_WORKER_ID": f"worker-{index}"}
+        if "OMP_NUM_THREADS" not in self.base_env:
+            # Workers on one machine share its cores. Each would otherwise run one compute thread
+            # per core, and those threads spin between parallel regions, taking the cores from the
+            # other workers' threads.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(self.worker_specs)))
+        env.update(spec.env)
         if spec.model_name:
             env["FERRUM_INFER_MODEL_NAME"] = spec.model_name
         return self._proc("worker", env, name=f"worker-{index}")

@@ -69,9 +69,8 @@ class SystemVariant:
 def ferrum(variant: SystemVariant, model_dir: Path, tokenizer: Tokenizer, log_dir: Path) -> Iterator[Endpoint]:
     from services.local_cluster import LocalCluster, WorkerSpec
 
-    # Workers share the machine's cores rather than each spinning up one thread per core.
-    threads = max(1, (os.cpu_count() or 1) // variant.workers)
-    worker_env = {"FERRUM_INFER_DTYPE": variant.dtype, "OMP_NUM_THREADS": str(threads),
+    # LocalCluster gives each worker its share of the cores (OMP_NUM_THREADS).
+    worker_env = {"FERRUM_INFER_DTYPE": variant.dtype,
                   "FERRUM_INFER_CACHE_SIZE_MB": str(variant.kv_cache_mb),
                   "FERRUM_INFER_CACHE_ENABLED": "true" if variant.prefix_cache else "false"}
     workers = [WorkerSpec(model_path=str(model_dir), env=dict(worker_env)) for _ in range(variant.workers)]
