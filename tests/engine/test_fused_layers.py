@@ -47,6 +47,16 @@ def test_silu_mul_is_silu_then_multiply_in_bfloat16(shape):
     assert _differing_fraction(actual, expected) < 0.01
 
 
+@pytest.mark.parametrize("shape", [(32, 1536), (2, 3, 37)])
+def test_silu_mul_reads_gate_and_up_as_halves_of_one_product(shape):
+    both = _bf16(*shape[:-1], 2 * shape[-1], seed=5, scale=3.0)
+    gate, up = both[..., : shape[-1]], both[..., shape[-1]:]
+    assert not gate.is_contiguous()
+    actual = kernels.silu_mul(gate, up)
+    assert actual.is_contiguous() and actual.shape == shape
+    assert _differing_fraction(actual, F.silu(gate) * up) < 0.01
+
+
 def test_the_kernels_refuse_what_they_cannot_read():
     x = _bf16(4, 64)
     with pytest.raises(RuntimeError, match="bfloat16"):
@@ -57,6 +67,8 @@ def test_the_kernels_refuse_what_they_cannot_read():
         kernels.rms_norm(x, torch.ones(32, dtype=torch.bfloat16), 1e-6)
     with pytest.raises(RuntimeError, match="one shape"):
         kernels.silu_mul(x, _bf16(4, 32))
+    with pytest.raises(RuntimeError, match="last dimension is contiguous"):
+        kernels.silu_mul(_bf16(64, 4).t(), _bf16(64, 4).t())
 
 
 class _OnePlusWeightRMSNorm(LlamaRMSNorm):

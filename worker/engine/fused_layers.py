@@ -64,7 +64,8 @@ def _fused_forward(module: torch.nn.Module, kernels: FusedLayerKernels) -> Calla
         def mlp_forward(x: torch.Tensor) -> torch.Tensor:
             if x.dtype != torch.bfloat16:
                 return original(x)
-            gate, up = module.gate_proj(x).contiguous(), module.up_proj(x).contiguous()
+            # Slices of one shared product (fused_projections) arrive with strided rows, as they are.
+            gate, up = module.gate_proj(x), module.up_proj(x)
             return module.down_proj(kernels.silu_mul(gate, up))
 
         return mlp_forward

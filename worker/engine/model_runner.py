@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -11,11 +12,13 @@ from worker.engine.allocator import keep_freed_memory
 from worker.engine.cpu_kernels import decode_attention_kernel, fused_layer_kernels, kernel_supports
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.fused_layers import fuse_layers
+from worker.engine.fused_projections import share_projection_matmuls
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
 from worker.engine.paged_attention import ATTENTION_NAME
 from worker.engine.step_inputs import StepInputs
 from worker.engine_config import EngineConfig
 
+log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -41,10 +44,13 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
-        self.fused_modules = 0
-        if config.cpu_kernels and self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            kernels = fused_layer_kernels()
+        self.fused_modules = self.shared_matmuls = 0
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            self.shared_matmuls = share_projection_matmuls(self.model)
+            kernels = fused_layer_kernels() if config.cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
+            log.info("bfloat16 on the CPU: %d projection groups share a matmul, %d modules run fused kernels",
+                     self.shared_matmuls, self.fused_modules)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)

@@ -8,7 +8,9 @@
 //
 //   rms_norm(x, weight, eps): x [..., n] and weight [n] bfloat16, x contiguous ->
 //       weight * bf16(x * rsqrt(mean(x^2) + eps)), the mean in float32
-//   silu_mul(gate, up): same-shape contiguous bfloat16 -> bf16(bf16(silu(gate)) * up)
+//   silu_mul(gate, up): same-shape bfloat16 [..., n], each row contiguous (rows may be strided, as
+//       two slices of one [..., 2n] projection are; the leading dims must flatten to rows) ->
+//       contiguous bf16(bf16(silu(gate)) * up)
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -49,6 +51,12 @@ void check_bf16(const torch::Tensor& t, const char* name) {
               " must be a contiguous bfloat16 cpu tensor");
 }
 
+// Rows of adjacent elements, at any one distance from each other (a slice of a wider output).
+void check_rows(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.dim() >= 1 && t.stride(-1) == 1,
+              name, " must be a bfloat16 cpu tensor whose last dimension is contiguous");
+}
+
 }  // namespace
 
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
@@ -83,22 +91,31 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 }
 
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
-  check_bf16(gate, "gate");
-  check_bf16(up, "up");
+  check_rows(gate, "gate");
+  check_rows(up, "up");
   TORCH_CHECK(gate.sizes() == up.sizes(), "gate and up must have one shape");
-  auto out = torch::empty_like(gate);
-  const int64_t count = gate.numel();
-  const auto* gp = gate.data_ptr<c10::BFloat16>();
-  const auto* up_ = up.data_ptr<c10::BFloat16>();
+  const int64_t n = gate.size(-1);
+  auto out = torch::empty(gate.sizes(), gate.options());
+  if (gate.numel() == 0) return out;
+  // Rows may be strided (gate and up as the two halves of one projection's output), elements not.
+  const auto gate_rows = gate.view({-1, n});
+  const auto up_rows = up.view({-1, n});
+  const int64_t rows = gate_rows.size(0);
+  const int64_t gate_stride = gate_rows.stride(0), up_stride = up_rows.stride(0);
+  const auto* gp = gate_rows.data_ptr<c10::BFloat16>();
+  const auto* upp = up_rows.data_ptr<c10::BFloat16>();
   auto* op = out.data_ptr<c10::BFloat16>();
-  at::parallel_for(0, (count + kLanes - 1) / kLanes, kGrainElements / kLanes, [&](int64_t begin, int64_t end) {
-    for (int64_t vector = begin; vector < end; ++vector) {
-      const int64_t i = vector * kLanes;
-      const __mmask16 mask = lanes(count - i);
-      __m512 g = load(gp + i, mask);
-      __m512 denominator = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
-      __m512 silu = round_to_bf16(_mm512_div_ps(g, denominator));
-      store(op + i, _mm512_mul_ps(silu, load(up_ + i, mask)), mask);
+  at::parallel_for(0, rows, std::max<int64_t>(1, kGrainElements / n), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const c10::BFloat16* g_row = gp + row * gate_stride;
+      const c10::BFloat16* u_row = upp + row * up_stride;
+      for (int64_t i = 0; i < n; i += kLanes) {
+        const __mmask16 mask = lanes(n - i);
+        __m512 g = load(g_row + i, mask);
+        __m512 denominator = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
+        __m512 silu = round_to_bf16(_mm512_div_ps(g, denominator));
+        store(op + row * n + i, _mm512_mul_ps(silu, load(u_row + i, mask)), mask);
+      }
     }
   });
   return out;
