@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.scheduler_client import SchedulerClient
-from services import tracing
+from services import event_loop, tracing
 from services.config import GatewaySettings
 from services.logging_setup import configure_logging
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                  settings.scheduler_addr, "on" if settings.accepted_keys() else "off")
 
     web.run_app(build(), host=settings.host, port=settings.port, handler_cancellation=True,
-                shutdown_timeout=DRAIN_TIMEOUT_S, print=announce, access_log=None)
+                shutdown_timeout=DRAIN_TIMEOUT_S, print=announce, access_log=None, loop=event_loop.new_event_loop())
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from scheduler.core import SchedulerCore
 from scheduler.prefix_router import PrefixRouter
 from scheduler.servicer import SchedulerServicer
-from services import codec
+from services import codec, event_loop
 from services.config import SchedulerSettings
 from services.logging_setup import configure_logging
 from services.ops_http import start_ops_server
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     configure_logging(settings.log_level, "scheduler")
     setup_tracing("scheduler")
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import uuid
 
 import torch
 
+from services import event_loop
 from services.config import WorkerSettings
 from services.logging_setup import configure_logging
 from services.ops_http import start_ops_server
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.log_level, "worker")
     setup_tracing("worker")
     torch.set_grad_enabled(False)
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ one at a time, is the latency the path adds to every request.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
+from services import event_loop
 from tests.bench import isolated, loadgen, stats
 from tests.bench.endpoint import Endpoint
 from tests.bench.loadgen import Schedule
@@ -78,12 +78,12 @@ def measure_cluster_side(config: BenchConfig, endpoint: Endpoint, pool: Sequence
                              output_len=LengthRange(TTFT_MAX_TOKENS, TTFT_MAX_TOKENS), pool=pool, seed=seed + 1)
     warmup = random_workload(num_requests=max(config.warmup_requests, 1), input_len=length,
                              output_len=LengthRange(TTFT_MAX_TOKENS, TTFT_MAX_TOKENS), pool=pool, seed=seed + 2)
-    asyncio.run(loadgen.warm_up(endpoint, warmup.sessions))
+    event_loop.run(loadgen.warm_up(endpoint, warmup.sessions))
     many = Schedule(concurrency=config.plumbing_streams, stop_after_s=config.max_run_s,
                     hard_stop_after_s=HARD_STOP_FACTOR * config.max_run_s)
-    stream_records = asyncio.run(loadgen.run_load(endpoint, streams.sessions, many,
+    stream_records = event_loop.run(loadgen.run_load(endpoint, streams.sessions, many,
                                                   f"plumbing c={config.plumbing_streams}"))
-    single_records = asyncio.run(loadgen.run_load(endpoint, single.sessions, Schedule(concurrency=1),
+    single_records = event_loop.run(loadgen.run_load(endpoint, single.sessions, Schedule(concurrency=1),
                                                   "plumbing ttft c=1"))
     return ClusterSide(stream_records, single_records, [r.prompt_ids for r in single.requests])
 

@@ -4,7 +4,6 @@ plumbing figure."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
@@ -12,6 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from services import event_loop
 from tests.bench import isolated, loadgen, machine, plumbing, stats
 from tests.bench.flops import ModelShape, workload_flops
 from tests.bench.options import BenchConfig
@@ -85,11 +85,11 @@ def _run_server(variant: SystemVariant, runs: list[PlannedRun], config: BenchCon
     tokenizer = load_tokenizer(model_dir)
     log_dir = config.out_dir / "logs"
     with serve(variant, model_dir, tokenizer, log_dir, peak_kv_tokens(runs)) as endpoint:
-        warm_errors = asyncio.run(loadgen.warm_up(endpoint, warmup_workload(config, pool).sessions))
+        warm_errors = event_loop.run(loadgen.warm_up(endpoint, warmup_workload(config, pool).sessions))
         if warm_errors:
             _say(f"{variant.label}: warm-up errors: {warm_errors[:2]}")
         for run in runs:
-            records = asyncio.run(loadgen.run_load(endpoint, run.workload.sessions, run.schedule,
+            records = event_loop.run(loadgen.run_load(endpoint, run.workload.sessions, run.schedule,
                                                    f"{variant.label} | {run.key}"))
             result = _blank_result(variant, run)
             result.metrics = stats.summarise(records)
