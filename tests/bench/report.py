@@ -143,6 +143,7 @@ def markdown(report: BenchReport, json_path: Path | None, png_path: Path | None)
         f"## {report.started_at[:10]}: `{report.config['preset']}` preset",
         "",
         f"- Command: `{report.command}`",
+        *([f"- Code: `{report.code}`"] if report.code else []),
         f"- Machine: {machine.one_line(report.machine)}",
         f"- Model: {model['name']} ({model['architecture']}, {model['parameters'] / 1e6:.1f} M parameters "
         f"in linears and lm_head), dtypes {', '.join(report.config['dtypes'])}",

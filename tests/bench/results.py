@@ -72,6 +72,7 @@ class BenchReport:
     results: list[RunResult] = field(default_factory=list)
     plumbing: PlumbingResult | None = None
     notes: list[str] = field(default_factory=list)
+    code: str = ""  # the git commit measured (code_version)
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from services import event_loop
 from tests.bench import isolated, loadgen, machine, plumbing, stats
+from tests.bench.code_version import code_version
 from tests.bench.flops import ModelShape, workload_flops
 from tests.bench.options import BenchConfig
 from tests.bench.plan import PlannedRun, peak_kv_tokens, plan_runs, plan_variants, warmup_workload
@@ -159,7 +160,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     shape = ModelShape.from_config(model_config)
     runs = plan_runs(config, pool)
     report = BenchReport(
-        started_at=started, finished_at="", command=command, machine=machine.describe(),
+        started_at=started, finished_at="", command=command, machine=machine.describe(), code=code_version(),
         config={k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         model={"name": config.model if config.model_dir is None else str(config.model_dir),
                "dir": str(model_dir), "architecture": (model_config.get("architectures") or ["?"])[0],

@@ -133,3 +133,27 @@ def test_a_single_trial_prints_plain_ratios_and_no_trials_table():
     text = markdown(_report(), None, None)
     assert "### Trials" not in text
     assert "(" not in _row(text.split("### Details")[0], "| random | c=8 | ferrum fp32")[5]
+
+
+def test_the_measured_commit_is_named_and_uncommitted_changes_are_flagged(tmp_path):
+    import subprocess
+
+    from tests.bench.code_version import code_version
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    assert code_version(tmp_path) == "unknown (not a git checkout)"
+    git("init", "-q")
+    (tmp_path / "engine.py").write_text("fast = False\n")
+    git("add", "engine.py")
+    git("commit", "-qm", "first")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tmp_path, capture_output=True,
+                            text=True).stdout.strip()
+    assert code_version(tmp_path) == commit
+    (tmp_path / "engine.py").write_text("fast = True\n")
+    assert code_version(tmp_path) == f"{commit} with uncommitted changes"
+    report = _report()
+    report.code = code_version(tmp_path)
+    assert f"- Code: `{commit} with uncommitted changes`" in markdown(report, None, None).splitlines()
