@@ -112,7 +112,7 @@ def comparison_table(report: BenchReport) -> str:
 def trials_table(report: BenchReport) -> str:
     if trial_count(report.results) < 2:
         return ""
-    return _table(["workload", "load", "system", "out tok/s by trial", "median", "max ÷ min"],
+    return _table(["workload", "load", "system", "out tok/s by trial", "median", "max ÷ min", "% of roofline by trial"],
                   spread_rows(report.results))
 
 
@@ -148,9 +148,11 @@ def markdown(report: BenchReport, json_path: Path | None, png_path: Path | None)
         f"- Model: {model['name']} ({model['architecture']}, {model['parameters'] / 1e6:.1f} M parameters "
         f"in linears and lm_head), dtypes {', '.join(report.config['dtypes'])}",
         f"- Started {report.started_at}, finished {report.finished_at}",
-        f"- Matmul rates (roofline): {_rates_line(report.matmul_flops_per_s)}"
+        f"- Matmul rates at the start: {_rates_line(report.matmul_flops_per_s)}"
         + (f"; measured again at the end: {_rates_line(report.matmul_flops_per_s_after)}"
-           if report.matmul_flops_per_s_after else ""),
+           if report.matmul_flops_per_s_after else "")
+        + ("; each result's roofline uses the rates measured just before its system ran (JSON `matmul_rates`)"
+           if report.matmul_flops_per_s else ""),
         "- Runs: " + "; ".join(f"`{key}`: {description}" for key, description in workloads),
     ]
     if json_path:

@@ -12,8 +12,10 @@ from tests.bench.stats import RunMetrics
 @dataclass
 class RunResult:
     """One system on one (workload, load) run. `metrics` is None when the system failed before
-    the run could start (`error` says why). `roofline_tokens_per_s` is the ideal engine's output
-    rate for this run; `forward_ms` (static runs only) one forward pass over the run's first prompt."""
+    the run could start (`error` says why). `matmul_rates` (FLOP/s by rows) were measured just before
+    this system's runs of this trial, and `roofline_tokens_per_s`, the ideal engine's output rate for
+    this run, comes from them; `forward_ms` (static runs only) one forward pass over the run's first
+    prompt."""
 
     system: str
     kind: str
@@ -30,6 +32,7 @@ class RunResult:
     roofline_tokens_per_s: float | None = None
     forward_ms: float | None = None
     trial: int = 0  # which of `--repeat` trials, from 0
+    matmul_rates: dict[int, float] = field(default_factory=dict)
 
     @property
     def roofline_pct(self) -> float | None:

@@ -167,8 +167,8 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
                "shape": asdict(shape), "parameters": shape.parameters,
                "decode_flops_per_token": shape.linear_flops_per_token + shape.lm_head_flops},
     )
+    rows = sorted({PREFILL_ROWS} | {run.batch_rows for run in runs if run.batch_rows})
     if config.roofline:
-        rows = sorted({PREFILL_ROWS} | {run.batch_rows for run in runs if run.batch_rows})
         for dtype in config.dtypes:
             _say(f"measuring matmul rates ({dtype}, rows {rows})")
             report.matmul_flops_per_s[dtype] = isolated.call(measure_matmul_rates, shape, dtype, rows, threads)
@@ -180,8 +180,13 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
             _say(f"trial {trial + 1} of {config.repeat}")
         for variant in variants:
             sides = plumbing_sides if variant == host and trial == 0 else None
+            # The machine's speed as this system meets it: this host drifts by up to a quarter
+            # within minutes, so one measurement at the start misjudges later runs.
+            rates = (isolated.call(measure_matmul_rates, shape, variant.dtype, rows, threads)
+                     if config.roofline else {})
             for result in _run_variant(variant, runs, config, model_dir, pool, threads, sides):
                 result.trial = trial
+                result.matmul_rates = rates
                 report.results.append(result)
     if config.roofline:
         for dtype, rates in report.matmul_flops_per_s.items():
@@ -194,7 +199,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
                                 "the end of this run (other load on a shared host): its figures are disturbed")
     by_key = {run.key: run for run in runs}
     for result in report.results:
-        run, rates = by_key[result.run], report.matmul_flops_per_s.get(result.dtype)
+        run, rates = by_key[result.run], result.matmul_rates
         if rates and run.batch_rows:
             flops = workload_flops(shape, run.workload.requests)
             result.roofline_tokens_per_s = roofline_tokens_per_s(flops, rates, run.batch_rows)

@@ -73,14 +73,17 @@ def format_ratio(ratios: list[float]) -> str:
 
 
 def spread_rows(results: list[RunResult]) -> list[list[str]]:
-    """Per (system, run): throughput of each trial in order, the median, and max ÷ min."""
+    """Per (system, run): throughput of each trial in order, the median, max ÷ min, and each
+    trial's % of the roofline measured just before it."""
     by_pair = _trials_by_pair(results)
     rows = []
     for representative in median_trials(results):
-        values = [tok_s(r) for r in by_pair[_pair_key(representative)]]
+        trials = by_pair[_pair_key(representative)]
+        values = [tok_s(r) for r in trials]
         done = [v for v in values if v is not None]
         rows.append([representative.workload, representative.run.split(" ", 1)[1], representative.system,
                      " / ".join("failed" if v is None else f"{v:,.1f}" for v in values),
                      f"{median(done):,.1f}" if done else "–",
-                     f"{max(done) / min(done):.2f}×" if done and min(done) > 0 else "–"])
+                     f"{max(done) / min(done):.2f}×" if done and min(done) > 0 else "–",
+                     " / ".join("–" if r.roofline_pct is None else f"{r.roofline_pct:.1f}" for r in trials)])
     return rows

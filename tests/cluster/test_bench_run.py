@@ -62,6 +62,9 @@ def test_roofline_rates_and_plumbing_figure_are_measured(bench_run):
     report, _, _, _ = bench_run
     rates = report["matmul_flops_per_s"]["float32"]
     assert set(rates) == {"1", "4", "512"} and all(rate > 0 for rate in rates.values())
+    for result in report["results"]:  # each measured just before its own system ran
+        assert set(result["matmul_rates"]) == {"1", "4", "512"}, result["system"]
+        assert result["roofline_pct"] > 0
     plumbing = report["plumbing"]
     assert plumbing["error"] == "" and plumbing["errors"] == 0 and plumbing["requests"] == 32
     assert plumbing["tokens_per_s"] > 0

@@ -88,8 +88,9 @@ def test_rates_measured_again_at_the_end_are_shown_beside_the_first():
     report = _report()
     report.matmul_flops_per_s_after = {"float32": {8: 2e10, 512: 1e11}}
     [line] = [line for line in markdown(report, None, None).splitlines() if line.startswith("- Matmul rates")]
-    assert line == ("- Matmul rates (roofline): float32 GFLOP/s at M=8: 40.0, M=512: 100.0; "
-                    "measured again at the end: float32 GFLOP/s at M=8: 20.0, M=512: 100.0")
+    assert line == ("- Matmul rates at the start: float32 GFLOP/s at M=8: 40.0, M=512: 100.0; "
+                    "measured again at the end: float32 GFLOP/s at M=8: 20.0, M=512: 100.0; each result's "
+                    "roofline uses the rates measured just before its system ran (JSON `matmul_rates`)")
 
 
 def test_largest_rate_change_compares_only_rates_measured_both_times():
@@ -126,7 +127,7 @@ def test_repeated_trials_show_each_systems_median_trial_and_within_trial_ratios(
     assert compared[5] == "0.98× (0.95–1.02)"
     trials = text.split("### Trials (3, systems taking turns)")[1]
     assert _row(trials, "| random | c=8 | ferrum fp32 w1 cache_aware |")[3:] == [
-        "200.0 / 100.0 / 190.0", "190.0", "2.00×"]
+        "200.0 / 100.0 / 190.0", "190.0", "2.00×", "50.0 / 25.0 / 47.5"]  # roofline 400 tok/s each
 
 
 def test_a_single_trial_prints_plain_ratios_and_no_trials_table():
