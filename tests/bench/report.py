@@ -128,6 +128,27 @@ def plumbing_table(report: BenchReport) -> str:
                     _num(p.ttft_cluster_ms_p50), _num(p.ttft_in_process_ms_p50), _num(p.ttft_overhead_ms)]])
 
 
+def _rates_section(report: BenchReport) -> str:
+    if not report.matmul_rate_samples:
+        return "not measured"
+    text = f"{_mean_rates_line(report)}; at the start: {_rates_line(report.matmul_flops_per_s)}"
+    if report.matmul_flops_per_s_after:
+        text += f"; measured again at the end: {_rates_line(report.matmul_flops_per_s_after)}"
+    return text
+
+
+def _mean_rates_line(report: BenchReport) -> str:
+    """The rates the roofline uses: each dtype's mean over its measurements, with their range."""
+    parts = []
+    for dtype, samples in report.matmul_rate_samples.items():
+        mean = report.mean_matmul_rates(dtype)
+        figures = ", ".join(
+            f"M={rows}: {rate / 1e9:.1f} ({min(s[rows] for s in samples if rows in s) / 1e9:.1f}–"
+            f"{max(s[rows] for s in samples if rows in s) / 1e9:.1f})" for rows, rate in sorted(mean.items()))
+        parts.append(f"{dtype} GFLOP/s, mean of {len(samples)} measurements, at {figures}")
+    return "; ".join(parts) if parts else "not measured"
+
+
 def _rates_line(measured: dict[str, dict[int, float]]) -> str:
     parts = []
     for dtype, rates in measured.items():
@@ -148,11 +169,7 @@ def markdown(report: BenchReport, json_path: Path | None, png_path: Path | None)
         f"- Model: {model['name']} ({model['architecture']}, {model['parameters'] / 1e6:.1f} M parameters "
         f"in linears and lm_head), dtypes {', '.join(report.config['dtypes'])}",
         f"- Started {report.started_at}, finished {report.finished_at}",
-        f"- Matmul rates at the start: {_rates_line(report.matmul_flops_per_s)}"
-        + (f"; measured again at the end: {_rates_line(report.matmul_flops_per_s_after)}"
-           if report.matmul_flops_per_s_after else "")
-        + ("; each result's roofline uses the rates measured just before its system ran (JSON `matmul_rates`)"
-           if report.matmul_flops_per_s else ""),
+        f"- Matmul rates (roofline): {_rates_section(report)}",
         "- Runs: " + "; ".join(f"`{key}`: {description}" for key, description in workloads),
     ]
     if json_path:

@@ -6,6 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.bench.roofline import mean_rates
 from tests.bench.stats import RunMetrics
 
 
@@ -13,9 +14,10 @@ from tests.bench.stats import RunMetrics
 class RunResult:
     """One system on one (workload, load) run. `metrics` is None when the system failed before
     the run could start (`error` says why). `matmul_rates` (FLOP/s by rows) were measured just before
-    this system's runs of this trial, and `roofline_tokens_per_s`, the ideal engine's output rate for
-    this run, comes from them; `forward_ms` (static runs only) one forward pass over the run's first
-    prompt."""
+    this system's runs of this trial; `roofline_tokens_per_s`, the ideal engine's output rate for
+    this run, comes from the mean of all the bench's measurements in its dtype
+    (`BenchReport.mean_matmul_rates`); `forward_ms` (static runs only) one forward pass over the
+    run's first prompt."""
 
     system: str
     kind: str
@@ -72,10 +74,16 @@ class BenchReport:
     matmul_flops_per_s: dict[str, dict[int, float]] = field(default_factory=dict)  # dtype -> rows -> FLOP/s
     # The same measured again after the last system: how much the machine's speed moved meanwhile.
     matmul_flops_per_s_after: dict[str, dict[int, float]] = field(default_factory=dict)
+    # Every measurement of the run in order (start, before each system's runs, end), per dtype.
+    matmul_rate_samples: dict[str, list[dict[int, float]]] = field(default_factory=dict)
     results: list[RunResult] = field(default_factory=list)
     plumbing: PlumbingResult | None = None
     notes: list[str] = field(default_factory=list)
     code: str = ""  # the git commit measured (code_version)
+
+    def mean_matmul_rates(self, dtype: str) -> dict[int, float]:
+        """The rates every result of `dtype` is judged against (empty when none were measured)."""
+        return mean_rates(self.matmul_rate_samples.get(dtype, []))
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -59,6 +59,19 @@ def roofline_tokens_per_s(flops: WorkloadFlops, rates: dict[int, float], concurr
     return flops.output_tokens / seconds if seconds > 0 else 0.0
 
 
+def mean_rates(samples: list[dict[int, float]]) -> dict[int, float]:
+    """Per row count, the mean of the samples that measured it.
+
+    Why a mean over the whole bench: this shared host flips between two speeds (bfloat16 at M=32
+    read about 330 or about 415 GFLOP/s) from one measurement to the next, seconds apart, while the
+    systems' throughput moved far less; any one measurement, even the one just before a run, is a
+    coin toss, and the mean of measurements spread over the bench weighs both speeds as the runs met
+    them."""
+    rows = sorted({r for sample in samples for r in sample})
+    return {r: sum(sample[r] for sample in samples if r in sample) / sum(r in sample for sample in samples)
+            for r in rows}
+
+
 def default_threads() -> int:
     return os.cpu_count() or 1
 

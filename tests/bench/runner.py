@@ -172,6 +172,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
         for dtype in config.dtypes:
             _say(f"measuring matmul rates ({dtype}, rows {rows})")
             report.matmul_flops_per_s[dtype] = isolated.call(measure_matmul_rates, shape, dtype, rows, threads)
+            report.matmul_rate_samples[dtype] = [report.matmul_flops_per_s[dtype]]
     variants = plan_variants(config, model_dir.name)
     host = _plumbing_host(config, variants, model_dir)
     plumbing_sides: list[plumbing.ClusterSide] = []
@@ -180,10 +181,11 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
             _say(f"trial {trial + 1} of {config.repeat}")
         for variant in variants:
             sides = plumbing_sides if variant == host and trial == 0 else None
-            # The machine's speed as this system meets it: this host drifts by up to a quarter
-            # within minutes, so one measurement at the start misjudges later runs.
+            # Samples spread over the bench (roofline.mean_rates says why one is not enough).
             rates = (isolated.call(measure_matmul_rates, shape, variant.dtype, rows, threads)
                      if config.roofline else {})
+            if rates:
+                report.matmul_rate_samples[variant.dtype].append(rates)
             for result in _run_variant(variant, runs, config, model_dir, pool, threads, sides):
                 result.trial = trial
                 result.matmul_rates = rates
@@ -193,13 +195,14 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
             _say(f"measuring matmul rates again ({dtype}): did the machine's speed move during the run?")
             report.matmul_flops_per_s_after[dtype] = isolated.call(measure_matmul_rates, shape, dtype,
                                                                    sorted(rates), threads)
+            report.matmul_rate_samples[dtype].append(report.matmul_flops_per_s_after[dtype])
         change = largest_rate_change(report.matmul_flops_per_s, report.matmul_flops_per_s_after)
         if change > RATE_CHANGE_WARNING:
             report.notes.append(f"the machine's matmul rates moved by up to {change:.0%} between the start and "
                                 "the end of this run (other load on a shared host): its figures are disturbed")
     by_key = {run.key: run for run in runs}
     for result in report.results:
-        run, rates = by_key[result.run], result.matmul_rates
+        run, rates = by_key[result.run], report.mean_matmul_rates(result.dtype)
         if rates and run.batch_rows:
             flops = workload_flops(shape, run.workload.requests)
             result.roofline_tokens_per_s = roofline_tokens_per_s(flops, rates, run.batch_rows)

@@ -62,9 +62,12 @@ def test_roofline_rates_and_plumbing_figure_are_measured(bench_run):
     report, _, _, _ = bench_run
     rates = report["matmul_flops_per_s"]["float32"]
     assert set(rates) == {"1", "4", "512"} and all(rate > 0 for rate in rates.values())
-    for result in report["results"]:  # each measured just before its own system ran
+    for result in report["results"]:  # a sample just before each system ran, in the roofline's mean
         assert set(result["matmul_rates"]) == {"1", "4", "512"}, result["system"]
+        assert result["matmul_rates"] in report["matmul_rate_samples"]["float32"]
         assert result["roofline_pct"] > 0
+    systems_run = {(result["system"], result["trial"]) for result in report["results"]}
+    assert len(report["matmul_rate_samples"]["float32"]) == 2 + len(systems_run)  # start, each system, end
     plumbing = report["plumbing"]
     assert plumbing["error"] == "" and plumbing["errors"] == 0 and plumbing["requests"] == 32
     assert plumbing["tokens_per_s"] > 0

@@ -84,13 +84,23 @@ def test_sections_are_appended_after_what_the_docs_already_hold(tmp_path):
     assert docs.read_text() == "# Benchmarks\n\nMethod.\n\n## Results\n\n## run one\n\n## run two\n"
 
 
-def test_rates_measured_again_at_the_end_are_shown_beside_the_first():
+def test_the_roofline_rates_are_the_mean_of_every_measurement_shown_with_the_first_and_last():
     report = _report()
     report.matmul_flops_per_s_after = {"float32": {8: 2e10, 512: 1e11}}
+    report.matmul_rate_samples = {"float32": [{8: 4e10, 512: 1e11}, {8: 3e10, 512: 1.3e11}, {8: 2e10, 512: 1e11}]}
     [line] = [line for line in markdown(report, None, None).splitlines() if line.startswith("- Matmul rates")]
-    assert line == ("- Matmul rates at the start: float32 GFLOP/s at M=8: 40.0, M=512: 100.0; "
-                    "measured again at the end: float32 GFLOP/s at M=8: 20.0, M=512: 100.0; each result's "
-                    "roofline uses the rates measured just before its system ran (JSON `matmul_rates`)")
+    assert line == ("- Matmul rates (roofline): float32 GFLOP/s, mean of 3 measurements, at M=8: 30.0 (20.0–40.0), "
+                    "M=512: 110.0 (100.0–130.0); at the start: float32 GFLOP/s at M=8: 40.0, M=512: 100.0; "
+                    "measured again at the end: float32 GFLOP/s at M=8: 20.0, M=512: 100.0")
+    report.matmul_rate_samples = {}
+    assert "- Matmul rates (roofline): not measured" in markdown(report, None, None).splitlines()
+
+
+def test_mean_rates_average_each_row_count_over_the_samples_that_measured_it():
+    from tests.bench.roofline import mean_rates
+
+    assert mean_rates([{32: 300.0, 512: 700.0}, {32: 420.0}, {32: 330.0, 512: 800.0}]) == {32: 350.0, 512: 750.0}
+    assert mean_rates([]) == {}
 
 
 def test_largest_rate_change_compares_only_rates_measured_both_times():
