@@ -1,9 +1,10 @@
 """Runs a request's choices as concurrent upstream streams and merges them into one.
 
 Invariants: with several choices every choice's GenerateRequest runs in its own task (a single
-choice runs in the consumer's); deltas come out in arrival order, a choice's own deltas in its order; when the consumer stops early (client gone, deadline,
-error) every upstream iteration is closed, which cancels its gRPC call and so aborts the work on
-the worker. A choice whose stop string matched closes its stream at once.
+choice runs in the consumer's); deltas come out in arrival order, a choice's own deltas in its
+order; when the consumer stops early (client gone, deadline, error) every upstream iteration is
+closed, which cancels its gRPC call and so aborts the work on the worker. A choice whose stop
+string matched closes its stream at once.
 """
 
 from __future__ import annotations

@@ -34,7 +34,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run on the chosen loop."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
-
-
-def name() -> str:
-    return "uvloop" if uvloop is not None else "asyncio"

@@ -82,9 +82,9 @@ def measure_cluster_side(config: BenchConfig, endpoint: Endpoint, pool: Sequence
     many = Schedule(concurrency=config.plumbing_streams, stop_after_s=config.max_run_s,
                     hard_stop_after_s=HARD_STOP_FACTOR * config.max_run_s)
     stream_records = event_loop.run(loadgen.run_load(endpoint, streams.sessions, many,
-                                                  f"plumbing c={config.plumbing_streams}"))
+                                                     f"plumbing c={config.plumbing_streams}"))
     single_records = event_loop.run(loadgen.run_load(endpoint, single.sessions, Schedule(concurrency=1),
-                                                  "plumbing ttft c=1"))
+                                                     "plumbing ttft c=1"))
     return ClusterSide(stream_records, single_records, [r.prompt_ids for r in single.requests])
 
 

@@ -91,7 +91,7 @@ def _run_server(variant: SystemVariant, runs: list[PlannedRun], config: BenchCon
             _say(f"{variant.label}: warm-up errors: {warm_errors[:2]}")
         for run in runs:
             records = event_loop.run(loadgen.run_load(endpoint, run.workload.sessions, run.schedule,
-                                                   f"{variant.label} | {run.key}"))
+                                                      f"{variant.label} | {run.key}"))
             result = _blank_result(variant, run)
             result.metrics = stats.summarise(records)
             _log_result(result)

@@ -17,9 +17,9 @@ code's `.view(*shape, -1, head_dim)` and the SiLU kernel read those as they are)
 Why: at decode, a step's matmuls have 32 rows, and a call's fixed cost weighs: measured on bench-135m
 in bfloat16 (2 threads, 30 layers, M=32), q/k/v as three calls took 4.0-4.3 ms a step and as one
 2.9-3.1 ms; gate/up as two 10.3-10.7 ms and as one 9.6-10.0 ms; the engine's decode step went
-from 36.9-37.6 to 35.6-36.9 ms (32 sequences of 256 + 128 tokens, alternating runs). Inputs of more than
-MAX_SHARED_ROWS rows (prefill) keep separate calls. Only for bfloat16 on a CPU (the engine's
-choice): float32 keeps the calls the greedy-exactness oracle makes.
+from 36.9-37.6 to 35.6-36.9 ms (32 sequences of 256 + 128 tokens, alternating runs). Inputs of
+more than MAX_SHARED_ROWS rows (prefill) keep separate calls. Only for bfloat16 on a CPU (the
+engine's choice): float32 keeps the calls the greedy-exactness oracle makes.
 """
 
 from __future__ import annotations
