@@ -21,15 +21,12 @@ from collections.abc import Callable
 
 import torch
 
+from worker.engine.agreement import agrees, check_rows
 from worker.engine.cpu_kernels import FusedLayerKernels
 
 log = logging.getLogger(__name__)
 
 _SILU_CLASSES = {"SiLU", "SiLUActivation"}  # torch's and transformers' (ACT2FN["silu"])
-CHECK_ROWS = 8
-# Agreement: within two bfloat16 steps of the largest output (rounding may differ in the last bit
-# where the float32 sums are ordered differently; a different formula misses by far more).
-TOLERANCE = 2.0**-6
 
 
 def fuse_layers(model: torch.nn.Module, kernels: FusedLayerKernels) -> int:
@@ -86,10 +83,6 @@ def _is_silu_mlp(module: torch.nn.Module) -> bool:
 
 def _agrees(module: torch.nn.Module, fused: Callable) -> bool:
     width = module.weight.shape[0] if _is_rms_norm(module) else module.gate_proj.in_features
-    device = next(module.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(0)
-    sample = torch.randn(CHECK_ROWS, width, generator=generator, device=device).to(torch.bfloat16)
+    sample = check_rows(width, torch.bfloat16, next(module.parameters()).device)
     with torch.inference_mode():
-        expected, actual = module.forward(sample).float(), fused(sample).float()
-    scale = expected.abs().max().clamp(min=1e-6)
-    return actual.shape == expected.shape and bool(((actual - expected).abs().max() <= TOLERANCE * scale).item())
+        return agrees(module.forward(sample), fused(sample))

@@ -29,16 +29,14 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from worker.engine.agreement import agrees, check_rows
+
 log = logging.getLogger(__name__)
 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # Past this many rows (prefill) one wide product is no faster than its parts, and at 2048 rows it
 # was slower (q/k/v 71 ms as three calls, 75-79 ms as one, over 30 layers).
 MAX_SHARED_ROWS = 256
-CHECK_ROWS = 8
-# Agreement: within two bfloat16 steps of the largest output (a wider matmul may order its float32
-# sums differently; a wrong slice misses by far more).
-TOLERANCE = 2.0**-6
 
 
 class SharedMatmul:
@@ -116,12 +114,6 @@ def _shareable(linears: list) -> bool:
 
 def _agrees(shared: SharedMatmul, linears: list[torch.nn.Linear]) -> bool:
     weight = linears[0].weight
-    generator = torch.Generator(device=weight.device).manual_seed(0)
-    sample = torch.randn(CHECK_ROWS, weight.shape[1], generator=generator, device=weight.device).to(weight.dtype)
+    sample = check_rows(weight.shape[1], weight.dtype, weight.device)
     with torch.inference_mode():
-        for index, linear in enumerate(linears):
-            expected, actual = linear(sample).float(), shared.output(index, sample).float()
-            scale = expected.abs().max().clamp(min=1e-6)
-            if actual.shape != expected.shape or not bool(((actual - expected).abs().max() <= TOLERANCE * scale).item()):
-                return False
-    return True
+        return all(agrees(linear(sample), shared.output(index, sample)) for index, linear in enumerate(linears))

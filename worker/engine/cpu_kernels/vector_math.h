@@ -13,7 +13,6 @@ inline __m512i bf16_rounded_bits(__m512 x) {
 // exp of 16 floats: Cody-Waite range reduction and a degree-6 polynomial, relative error ~1e-7.
 // The caller clamps x to [-104, 89] (softmax inputs to [-87.3, 0]); beyond that range the scaling
 // would overflow or flush, as expf's result does.
-
 inline __m512 exp16_in_range(__m512 x) {
   __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);

@@ -1,0 +1,28 @@
+"""The load-time check before the engine swaps a module's computation for a faster one (fused
+kernels, shared matmuls): both run on the same random rows and must agree.
+
+Agreement means within two bfloat16 steps of the largest output: rounding may differ in the last
+bit where float32 sums are ordered differently, while a different formula or a wrong slice misses
+by far more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHECK_ROWS = 8
+TOLERANCE = 2.0**-6
+
+
+def check_rows(width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[CHECK_ROWS, width]` standard-normal rows, the same on every call."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    return torch.randn(CHECK_ROWS, width, generator=generator, device=device).to(dtype)
+
+
+def agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:
+    if actual.shape != expected.shape:
+        return False
+    expected, actual = expected.float(), actual.float()
+    scale = expected.abs().max().clamp(min=1e-6)
+    return bool(((actual - expected).abs().max() <= TOLERANCE * scale).item())
