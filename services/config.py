@@ -116,6 +116,8 @@ class WorkerSettings(_Settings):
     eviction_policy: Literal["lru", "lfu", "fifo"] = "lru"
     # The AVX-512 decode attention when `make kernels` built it; false forces torch SDPA.
     cpu_kernels: bool = True
+    # CPU linears compute on weights pre-packed once for oneDNN; false: torch's F.linear each call.
+    packed_weights: bool = True
     metrics_port: int = Field(9200, ge=0, le=65535)
     redis_url: str | None = None
     worker_id: str | None = None

@@ -54,7 +54,8 @@ def engine_config(settings: WorkerSettings, max_model_len: int) -> EngineConfig:
         max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
         cache_enabled=settings.cache_enabled, cache_size_mb=settings.cache_size_mb,
         block_size=settings.block_size, eviction_policy=settings.eviction_policy,
-        cpu_kernels=settings.cpu_kernels, model_id=settings.served_model_name(),
+        cpu_kernels=settings.cpu_kernels, packed_weights=settings.packed_weights,
+        model_id=settings.served_model_name(),
     )
 
 

@@ -18,4 +18,5 @@ class EngineConfig:
     block_size: int = 16
     eviction_policy: Literal["lru", "lfu", "fifo"] = "lru"
     cpu_kernels: bool = True  # the compiled AVX-512 decode attention when built (else torch SDPA)
+    packed_weights: bool = True  # CPU linears on weights pre-packed for oneDNN (else F.linear)
     model_id: str = ""  # served model name; part of the prefix-hash root

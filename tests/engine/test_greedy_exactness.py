@@ -21,9 +21,10 @@ def assert_matches_reference(model_dir, prompts, max_tokens, results, stop_at_eo
         assert results[f"r{index}"].token_ids == expected, f"request r{index} (prompt of {len(prompt)} tokens)"
 
 
-@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["cpu-kernel", "sdpa"])
-def test_sixteen_concurrent_requests_arriving_over_time(model_dir, make_engine, prompts, cpu_kernels):
-    engine = make_engine(max_num_seqs=8, max_num_batched_tokens=96, cpu_kernels=cpu_kernels)
+@pytest.mark.parametrize("fast_paths", [True, False], ids=["kernels-and-packed-weights", "torch-ops"])
+def test_sixteen_concurrent_requests_arriving_over_time(model_dir, make_engine, prompts, fast_paths):
+    engine = make_engine(max_num_seqs=8, max_num_batched_tokens=96, cpu_kernels=fast_paths,
+                         packed_weights=fast_paths)
     batch = prompts(MIXED_LENGTHS, seed=1)
     arrival_steps = [0, 0, 0, 0, 1, 1, 2, 3, 5, 5, 8, 9, 13, 14, 20, 27]
     arrivals: dict[int, list] = {}

@@ -17,9 +17,10 @@ code's `.view(*shape, -1, head_dim)` and the SiLU kernel read those as they are)
 Why: at decode, a step's matmuls have 32 rows, and a call's fixed cost weighs: measured on bench-135m
 in bfloat16 (2 threads, 30 layers, M=32), q/k/v as three calls took 4.0-4.3 ms a step and as one
 2.9-3.1 ms; gate/up as two 10.3-10.7 ms and as one 9.6-10.0 ms; the engine's decode step went
-from 36.9-37.6 to 35.6-36.9 ms (32 sequences of 256 + 128 tokens, alternating runs). Inputs of
-more than MAX_SHARED_ROWS rows (prefill) keep separate calls. Only for bfloat16 on a CPU (the
-engine's choice): float32 keeps the calls the greedy-exactness oracle makes.
+from 36.9-37.6 to 35.6-36.9 ms (32 sequences of 256 + 128 tokens, alternating runs). On plain
+weights, inputs of more than MAX_SHARED_ROWS rows (prefill) keep separate calls; once the group is
+packed (`pack`, packed_weights.py), every input shares one product. Only for bfloat16 on a CPU
+(the engine's choice): float32 keeps one product per projection, as the greedy-exactness oracle.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.agreement import agrees, check_rows
+from worker.engine.packed_weights import PackedProduct, release_weight
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +53,42 @@ class SharedMatmul:
         for linear in linears:
             self.slices.append(slice(start, start + linear.out_features))
             start += linear.out_features
+        self.linears = linears
+        self._packed: PackedProduct | None = None
         self._input: torch.Tensor | None = None
         self._product: torch.Tensor | None = None
         self._taken: set[int] = set()
 
     def output(self, index: int, x: torch.Tensor) -> torch.Tensor:
         """Sibling `index`'s projection of `x`."""
-        if x.numel() > MAX_SHARED_ROWS * x.shape[-1]:
+        if self._packed is None and x.numel() > MAX_SHARED_ROWS * x.shape[-1]:
             rows = self.slices[index]
             return F.linear(x, self.weight[rows], None if self.bias is None else self.bias[rows])
         if x is not self._input or index in self._taken:
-            self._input, self._product, self._taken = x, F.linear(x, self.weight, self.bias), set()
+            self._input, self._product, self._taken = x, self._whole_product(x), set()
         self._taken.add(index)
         out = self._product[..., self.slices[index]]
         if len(self._taken) == len(self.slices):
             self._input = self._product = None
         return out
+
+    def _whole_product(self, x: torch.Tensor) -> torch.Tensor:
+        return self._packed(x) if self._packed is not None else F.linear(x, self.weight, self.bias)
+
+    def pack(self) -> bool:
+        """Compute on a pre-packed copy of the concatenated weight (packed_weights.py), at every
+        row count: packed, one wide product was as fast as its parts or faster up to 2048 rows.
+        The plain weights are released. False (and nothing changed) where the packed product
+        disagrees with the plain one."""
+        product = PackedProduct(self.weight, self.bias)
+        sample = check_rows(self.weight.shape[1], self.weight.dtype, self.weight.device)
+        with torch.inference_mode():
+            if not agrees(F.linear(sample, self.weight, self.bias), product(sample)):
+                return False
+        self._packed, self.weight = product, None
+        for linear in self.linears:
+            release_weight(linear)
+        return True
 
     def adopt(self, linears: list[torch.nn.Linear]) -> None:
         """Make each Linear's parameters views of the shared ones (no second copy of the weights)
@@ -85,9 +107,9 @@ def _sibling_forward(shared: SharedMatmul, index: int):
     return forward
 
 
-def share_projection_matmuls(model: torch.nn.Module) -> int:
-    """Group every module's sibling projections that can share a matmul; returns the group count."""
-    groups = 0
+def share_projection_matmuls(model: torch.nn.Module) -> list[SharedMatmul]:
+    """Group every module's sibling projections that can share a matmul; returns the groups."""
+    groups = []
     for name, module in model.named_modules():
         for names in SIBLINGS:
             linears = [getattr(module, attribute, None) for attribute in names]
@@ -96,7 +118,7 @@ def share_projection_matmuls(model: torch.nn.Module) -> int:
             shared = SharedMatmul(linears)
             if _agrees(shared, linears):
                 shared.adopt(linears)
-                groups += 1
+                groups.append(shared)
             else:
                 log.info("fused projections: %s's %s disagree with one product; they stay apart", name, names)
     return groups

@@ -14,6 +14,7 @@ from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.fused_layers import fuse_layers
 from worker.engine.fused_projections import share_projection_matmuls
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
+from worker.engine.packed_weights import can_pack, pack_linears
 from worker.engine.paged_attention import ATTENTION_NAME
 from worker.engine.step_inputs import StepInputs
 from worker.engine_config import EngineConfig
@@ -44,13 +45,21 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
-        self.fused_modules = self.shared_matmuls = 0
+        self.fused_modules = self.shared_matmuls = self.packed_linears = 0
+        groups = []
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            self.shared_matmuls = share_projection_matmuls(self.model)
+            groups = share_projection_matmuls(self.model)
+            self.shared_matmuls = len(groups)
             kernels = fused_layer_kernels() if config.cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
-            log.info("bfloat16 on the CPU: %d projection groups share a matmul, %d modules run fused kernels",
-                     self.shared_matmuls, self.fused_modules)
+        # Last: the checks above run the modules on their plain weights, which packing releases.
+        if config.packed_weights and can_pack(self.device, self.dtype):
+            self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
+        if self.device.type == "cpu":
+            log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
+                     "%d linears (a group counted once) compute on packed weights",
+                     str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
+                     self.packed_linears)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)
