@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import Qwen2Config
+from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
 
 from worker.engine import packed_weights
 from worker.engine.fused_projections import MAX_SHARED_ROWS, share_projection_matmuls
@@ -67,6 +69,20 @@ def test_a_linear_that_disagrees_with_its_packed_product_stays_plain(monkeypatch
     assert "forward" not in vars(model.proj) and model.proj.weight.device.type == "cpu"
 
 
+def test_a_onednn_that_cannot_pack_leaves_every_linear_plain(monkeypatch):
+    def cannot_pack(self, weight, bias):
+        raise RuntimeError("no packed layout for this CPU")
+
+    monkeypatch.setattr(packed_weights.PackedProduct, "__init__", cannot_pack)
+    model = _Tied(torch.float32)
+    assert pack_linears(model) == 0
+    assert "forward" not in vars(model.proj) and model.proj.weight.device.type == "cpu"
+    attention = _qwen2_attention()
+    (group,) = share_projection_matmuls(attention)
+    assert not group.pack()
+    assert attention.q_proj.weight.device.type == "cpu"
+
+
 def test_packing_is_only_offered_where_it_exists():
     assert not can_pack(torch.device("cpu"), torch.float16)
     assert not can_pack(torch.device("cuda"), torch.float32)
@@ -76,14 +92,16 @@ def test_packing_is_only_offered_where_it_exists():
     assert not packed_weights.packable(type("Special", (torch.nn.Linear,), {})(4, 4))
 
 
+def _qwen2_attention() -> torch.nn.Module:
+    """bfloat16, with q/k/v biases."""
+    torch.manual_seed(0)
+    config = Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    return Qwen2Attention(config, layer_idx=0).to(torch.bfloat16)
+
+
 @pytest.mark.parametrize("rows", [32, MAX_SHARED_ROWS + 100])
 def test_a_packed_projection_group_returns_each_projection_from_one_product(rows, monkeypatch):
-    from transformers import Qwen2Config
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
-
-    torch.manual_seed(0)
-    attention = Qwen2Attention(Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                                           head_dim=16), layer_idx=0).to(torch.bfloat16)
+    attention = _qwen2_attention()
     linears = [attention.q_proj, attention.k_proj, attention.v_proj]
     own = [(p.weight.detach().clone(), p.bias.detach().clone()) for p in linears]
     (group,) = share_projection_matmuls(attention)

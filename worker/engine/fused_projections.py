@@ -79,8 +79,11 @@ class SharedMatmul:
         """Compute on a pre-packed copy of the concatenated weight (packed_weights.py), at every
         row count: packed, one wide product was as fast as its parts or faster up to 2048 rows.
         The plain weights are released. False (and nothing changed) where the packed product
-        disagrees with the plain one."""
-        product = PackedProduct(self.weight, self.bias)
+        disagrees with the plain one or cannot be made."""
+        try:
+            product = PackedProduct(self.weight, self.bias)
+        except RuntimeError:  # as in pack_linears: this oneDNN cannot pack; stay plain
+            return False
         sample = check_rows(self.weight.shape[1], self.weight.dtype, self.weight.device)
         with torch.inference_mode():
             if not agrees(F.linear(sample, self.weight, self.bias), product(sample)):

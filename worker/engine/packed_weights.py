@@ -9,7 +9,7 @@ AVX-512 BF16): bfloat16 at 32 rows 21.4-22.5 -> 16.6-16.8 ms a pass; float32 at 
 us for one 576x1536 projection, and the in-process engine's float32 decode step 103 -> 51 ms.
 
 Invariants: a packed Linear's output equals its own `F.linear` (checked on random input before the
-swap; a Linear that disagrees, or a torch without oneDNN, keeps the plain path); after packing,
+swap; a Linear that disagrees, or a torch whose oneDNN cannot pack it, keeps the plain path); after packing,
 the Linear's `weight` Parameter is a meta tensor of the original shape and dtype (readers of
 `.shape`/`.dtype` keep working, while its memory is released, so the model is not held twice),
 except a weight tied to another module (lm_head and the embeddings), which stays, with a packed
@@ -62,7 +62,11 @@ def pack_linears(model: torch.nn.Module) -> int:
     for name, module in model.named_modules():
         if not packable(module):
             continue
-        product = PackedProduct(module.weight, module.bias)
+        try:
+            product = PackedProduct(module.weight, module.bias)
+        except RuntimeError as error:  # a oneDNN build that cannot pack this (another CPU family)
+            log.info("packed weights: unavailable here (%s); linears stay plain", error)
+            return packed
         if not _agrees(module, product):
             log.info("packed weights: %s disagrees with its packed product; it stays plain", name)
             continue
