@@ -41,7 +41,7 @@ constexpr int64_t kMaxGroup = 16;
 // head)'s first blocks. Measured (bench-135m shapes, 32 sequences of 320 tokens, 30 layers' caches,
 // blocks scattered, 2 threads, variants interleaved in one process): 10.4-11.7 -> 8.4-8.8 ms a
 // step, and with each sequence's blocks in order 9.4-9.6 -> 7.5-7.6 ms. In float32 the same plan
-// was 6% faster with scattered blocks but 9% slower with ordered ones, so float32 keeps one block.
+// was 6% faster with scattered blocks but 12% slower with ordered ones, so float32 keeps one block.
 template <typename T>
 struct PrefetchPlan {
   static constexpr int64_t kBytesAhead = 0;  // one block
@@ -55,7 +55,8 @@ struct PrefetchPlan<c10::BFloat16> {
 
 template <typename T>
 inline int64_t blocks_ahead(int64_t block_size, int64_t head_dim) {
-  return std::max<int64_t>(1, PrefetchPlan<T>::kBytesAhead / (block_size * head_dim * static_cast<int64_t>(sizeof(T))));
+  const int64_t block_bytes = block_size * head_dim * static_cast<int64_t>(sizeof(T));
+  return std::max<int64_t>(1, PrefetchPlan<T>::kBytesAhead / block_bytes);
 }
 
 template <typename T>
@@ -79,8 +80,8 @@ inline void prefetch_blocks(const T* cache, int64_t block_stride, int64_t head_o
 // `also` (or nullptr): a second cache of the same layout to be read next at the same positions
 // (the values, during the key pass), prefetched alongside under an eager plan.
 template <typename T, typename Visit>
-inline void for_each_row(const T* cache, const T* also, int64_t block_stride, int64_t head_offset, int64_t row_stride,
-                         int64_t block_size, const int64_t* table, int64_t first, int64_t end,
+inline void for_each_row(const T* cache, const T* also, int64_t block_stride, int64_t head_offset,
+                         int64_t row_stride, int64_t block_size, const int64_t* table, int64_t first, int64_t end,
                          int64_t head_dim, Visit visit) {
   constexpr bool eager = PrefetchPlan<T>::kEager;
   const int64_t distance = blocks_ahead<T>(block_size, head_dim);
@@ -210,7 +211,9 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
         inverse[g] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
       }
       for (int64_t i = 0; i < G * chunks; ++i) acc[i] = _mm512_setzero_ps();
-      for_each_row(vp, static_cast<const T*>(nullptr), vs0, h * vs1, vs2, S, table, first, ends[b], D, [&](int64_t t, const T* value_row) {
+      const T* no_second_cache = nullptr;
+      for_each_row(vp, no_second_cache, vs0, h * vs1, vs2, S, table, first, ends[b], D,
+                   [&](int64_t t, const T* value_row) {
         __m512 weights[kMaxGroup];  // broadcast once per row, not once per chunk
         for (int64_t g = 0; g < G; ++g) weights[g] = _mm512_set1_ps(score[g * padded + t]);
         for (int64_t c = 0; c < chunks; ++c) {
