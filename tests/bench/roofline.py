@@ -38,15 +38,14 @@ def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads
     linears.append((shape.hidden, shape.vocab))
     weights = [torch.randn(o, i, generator=generator).to(torch_dtype) * 0.02 for i, o in linears]
     flops_per_row = 2 * sum(i * o for i, o in linears)
-    packed = _packed_weights(weights, torch_dtype)
+    packed = _packed_products(weights, torch_dtype)
     rates = {}
     with torch.inference_mode():
         for m in sorted(set(rows)):
             inputs = {i: torch.randn(m, i, generator=generator).to(torch_dtype) for i in {i for i, _ in linears}}
             passes = [lambda: [torch.nn.functional.linear(inputs[i], w) for (i, _), w in zip(linears, weights)]]
             if packed:
-                passes.append(lambda: [torch.ops.mkldnn._linear_pointwise(inputs[i], w, None, "none", [], "")
-                                       for (i, _), w in zip(linears, packed)])
+                passes.append(lambda: [product(inputs[i]) for (i, _), product in zip(linears, packed)])
             rates[m] = flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
     return rates
 
@@ -62,16 +61,16 @@ def _fastest_pass(one_pass) -> float:
     return min(timings)
 
 
-def _packed_weights(weights: list, torch_dtype) -> list:
+def _packed_products(weights: list, torch_dtype) -> list:
     """The weights packed as the engine packs them (worker/engine/packed_weights.py), or [] where
     this torch cannot."""
     import torch
 
-    from worker.engine.packed_weights import can_pack
+    from worker.engine.packed_weights import PackedProduct, can_pack
 
     if not can_pack(torch.device("cpu"), torch_dtype):
         return []
-    return [torch.ops.mkldnn._reorder_linear_weight(weight) for weight in weights]
+    return [PackedProduct(weight, None) for weight in weights]
 
 
 def roofline_tokens_per_s(flops: WorkloadFlops, rates: dict[int, float], concurrency: int) -> float:

@@ -1,5 +1,5 @@
 """The load-time check before the engine swaps a module's computation for a faster one (fused
-kernels, shared matmuls): both run on the same random rows and must agree.
+kernels, shared matmuls, packed weights): both run on the same random rows and must agree.
 
 Agreement means within two bfloat16 steps of the largest output: rounding may differ in the last
 bit where float32 sums are ordered differently, while a different formula or a wrong slice misses

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.agreement import agrees, check_rows
-from worker.engine.packed_weights import PackedProduct, release_weight
+from worker.engine.packed_weights import PackedProduct, packed_product, release_weight
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,13 @@ class SharedMatmul:
         return self._packed(x) if self._packed is not None else F.linear(x, self.weight, self.bias)
 
     def pack(self) -> bool:
-        """Compute on a pre-packed copy of the concatenated weight (packed_weights.py), at every
-        row count: packed, one wide product was as fast as its parts or faster up to 2048 rows.
-        The plain weights are released. False (and nothing changed) where the packed product
-        disagrees with the plain one or cannot be made."""
-        try:
-            product = PackedProduct(self.weight, self.bias)
-        except RuntimeError:  # as in pack_linears: this oneDNN cannot pack; stay plain
+        """Compute on a pre-packed copy of the concatenated weight (packed_weights.py; the caller
+        has checked `can_pack`), at every row count: packed, one wide product was as fast as its
+        parts or faster up to 2048 rows. The plain weights are released. False (and nothing
+        changed) where the packed product disagrees with the plain one."""
+        product = packed_product(self.weight, self.bias)
+        if product is None:
             return False
-        sample = check_rows(self.weight.shape[1], self.weight.dtype, self.weight.device)
-        with torch.inference_mode():
-            if not agrees(F.linear(sample, self.weight, self.bias), product(sample)):
-                return False
         self._packed, self.weight = product, None
         for linear in self.linears:
             release_weight(linear)

@@ -21,8 +21,10 @@ the checks of fused modules run on real weights before it.
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 from worker.engine.agreement import agrees, check_rows
 
@@ -44,15 +46,37 @@ class PackedProduct:
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this torch packs linear weights for `device` and `dtype`."""
-    return (device.type == "cpu" and dtype in PACKED_DTYPES and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return device.type == "cpu" and dtype in PACKED_DTYPES and _onednn_packs(dtype)
+
+
+@cache
+def _onednn_packs(dtype: torch.dtype) -> bool:
+    """Tried once per dtype: a torch built without oneDNN, or a oneDNN without a packed layout for
+    this CPU and dtype (another CPU family), cannot pack at all."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        PackedProduct(torch.zeros(16, 16, dtype=dtype), None)(torch.zeros(1, 16, dtype=dtype))
+    except RuntimeError as error:
+        log.info("packed weights: oneDNN cannot pack %s here (%s); linears stay plain", dtype, error)
+        return False
+    return True
+
+
+def packed_product(weight: torch.Tensor, bias: torch.Tensor | None) -> PackedProduct | None:
+    """The packed product of `weight` and `bias` if it agrees with their `F.linear`, else None.
+    The caller has checked `can_pack` for the weight's device and dtype."""
+    product = PackedProduct(weight, bias)
+    sample = check_rows(weight.shape[1], weight.dtype, weight.device)
+    with torch.inference_mode():
+        return product if agrees(F.linear(sample, weight, bias), product(sample)) else None
 
 
 def packable(linear: torch.nn.Module) -> bool:
     """A plain Linear on a packable device and dtype whose forward nothing has swapped yet."""
     return (type(linear) is torch.nn.Linear and "forward" not in vars(linear)
-            and linear.weight.device.type != "meta" and can_pack(linear.weight.device, linear.weight.dtype))
+            and can_pack(linear.weight.device, linear.weight.dtype))
 
 
 def pack_linears(model: torch.nn.Module) -> int:
@@ -62,12 +86,8 @@ def pack_linears(model: torch.nn.Module) -> int:
     for name, module in model.named_modules():
         if not packable(module):
             continue
-        try:
-            product = PackedProduct(module.weight, module.bias)
-        except RuntimeError as error:  # a oneDNN build that cannot pack this (another CPU family)
-            log.info("packed weights: unavailable here (%s); linears stay plain", error)
-            return packed
-        if not _agrees(module, product):
+        product = packed_product(module.weight, module.bias)
+        if product is None:
             log.info("packed weights: %s disagrees with its packed product; it stays plain", name)
             continue
         module.forward = product
@@ -92,10 +112,3 @@ def _tied_parameters(model: torch.nn.Module) -> set[int]:
     for _, parameter in model.named_parameters(remove_duplicate=False):
         (tied if id(parameter) in seen else seen).add(id(parameter))
     return tied
-
-
-def _agrees(linear: torch.nn.Linear, product: PackedProduct) -> bool:
-    weight = linear.weight
-    sample = check_rows(weight.shape[1], weight.dtype, weight.device)
-    with torch.inference_mode():
-        return agrees(linear(sample), product(sample))
