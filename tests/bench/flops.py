@@ -45,6 +45,13 @@ class ModelShape:
                 (self.hidden, self.intermediate), (self.hidden, self.intermediate),
                 (self.intermediate, self.hidden)]
 
+    def shared_layer_linears(self) -> list[tuple[int, int]]:
+        """The same products with q|k|v and gate|up each as one wider matmul, as our engine runs
+        them (worker/engine/fused_projections.py): the same FLOPs, a different layout."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return [(self.hidden, q + 2 * kv), (q, self.hidden), (self.hidden, 2 * self.intermediate),
+                (self.intermediate, self.hidden)]
+
     @property
     def linear_flops_per_token(self) -> int:
         """All layers' linears for one token, lm_head excluded."""

@@ -8,9 +8,11 @@ token per running sequence) and PREFILL_ROWS for prompt processing. Roofline tim
 prefill FLOPs / rate(PREFILL_ROWS) + decode FLOPs / rate(concurrency); attention FLOPs are
 charged at the same rate (an approximation in the ideal engine's favour at long contexts).
 
-Each pass runs twice, through `F.linear` on plain weights and through oneDNN on weights packed
-once (where torch has it: the route our engine takes on a CPU), and the faster counts: a roofline
-the engine's own matmuls could beat would not bound anything.
+Each pass runs in both layouts of the weights, each q, k, v, gate and up on its own and with q|k|v
+and gate|up as one wider matmul each (how our engine runs them), and each through `F.linear` on
+plain weights and through oneDNN on weights packed once (where torch has it: the route our engine
+takes on a CPU). The fastest of the four counts: a roofline the engine's own matmuls could beat
+would not bound anything.
 """
 
 from __future__ import annotations
@@ -34,20 +36,28 @@ def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads
     torch.set_num_threads(threads)
     torch_dtype = getattr(torch, dtype)
     generator = torch.Generator().manual_seed(0)
-    linears = [(i, o) for _ in range(shape.layers) for i, o in shape.layer_linears()]
-    linears.append((shape.hidden, shape.vocab))
-    weights = [torch.randn(o, i, generator=generator).to(torch_dtype) * 0.02 for i, o in linears]
-    flops_per_row = 2 * sum(i * o for i, o in linears)
-    packed = _packed_products(weights, torch_dtype)
-    rates = {}
+    layouts = [_model_linears(shape, shape.layer_linears()), _model_linears(shape, shape.shared_layer_linears())]
+    flops_per_row = 2 * sum(i * o for i, o in layouts[0])
+    passes_by_rows = {m: [] for m in set(rows)}
+    for linears in layouts:
+        weights = [torch.randn(o, i, generator=generator).to(torch_dtype) * 0.02 for i, o in linears]
+        products = [lambda x, w=w: torch.nn.functional.linear(x, w) for w in weights]
+        routes = [products] + ([packed] if (packed := _packed_products(weights, torch_dtype)) else [])
+        for m in passes_by_rows:
+            inputs = {i: torch.randn(m, i, generator=generator).to(torch_dtype) for i, _ in linears}
+            passes_by_rows[m] += [_one_pass(linears, route, inputs) for route in routes]
     with torch.inference_mode():
-        for m in sorted(set(rows)):
-            inputs = {i: torch.randn(m, i, generator=generator).to(torch_dtype) for i in {i for i, _ in linears}}
-            passes = [lambda: [torch.nn.functional.linear(inputs[i], w) for (i, _), w in zip(linears, weights)]]
-            if packed:
-                passes.append(lambda: [product(inputs[i]) for (i, _), product in zip(linears, packed)])
-            rates[m] = flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
-    return rates
+        return {m: flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
+                for m, passes in sorted(passes_by_rows.items())}
+
+
+def _model_linears(shape: ModelShape, layer: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(in, out) of every linear of the model in this layer layout, lm_head last."""
+    return [linear for _ in range(shape.layers) for linear in layer] + [(shape.hidden, shape.vocab)]
+
+
+def _one_pass(linears: list[tuple[int, int]], products: list, inputs: dict):
+    return lambda: [product(inputs[i]) for (i, _), product in zip(linears, products, strict=True)]
 
 
 def _fastest_pass(one_pass) -> float:

@@ -48,3 +48,20 @@ def test_roofline_rate_charges_prefill_and_decode_at_their_own_batch_rates():
     rates = {PREFILL_ROWS: 2e9, 4: 1e9}
     expected_seconds = flops.prefill / 2e9 + flops.decode / 1e9
     assert roofline_tokens_per_s(flops, rates, 4) == pytest.approx(20 / expected_seconds)
+
+
+def test_shared_layout_is_the_engines_and_has_the_same_flops():
+    """The roofline also times the layout our engine runs; it must be that layout, at equal work."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from worker.engine.fused_projections import share_projection_matmuls
+
+    config = {**SMOLLM2_135M, "num_hidden_layers": 2, "vocab_size": 1000}
+    model = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    shape = ModelShape.from_config(config)
+    groups = share_projection_matmuls(model)
+    assert len(groups) == 2 * shape.layers  # q|k|v and gate|up in every layer
+    engine_layer = sorted([tuple(reversed(group.weight.shape)) for group in groups[:2]]
+                          + [(576, 576), (1536, 576)])  # o_proj and down_proj stay single
+    assert sorted(shape.shared_layer_linears()) == engine_layer
+    assert sum(i * o for i, o in shape.shared_layer_linears()) == sum(i * o for i, o in shape.layer_linears())
