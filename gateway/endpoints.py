@@ -1,7 +1,7 @@
 """POST /v1/chat/completions and /v1/completions: parse -> tokenize -> plan -> serve.
 
 Each request runs inside one OpenTelemetry span whose context travels with every upstream
-Generate call, so the scheduler's and worker's spans join the same trace.
+GenerateRequest, so the scheduler's and worker's spans join the same trace.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ class GatewayMetrics:
                                      ["model"], registry=r)
         self.generation_tokens = Counter("ferrum_infer_generation_tokens",
                                          "Tokens generated for served requests", ["model"], registry=r)
-        Gauge("ferrum_infer_gateway_active_streams", "Upstream Generate streams in flight",
+        Gauge("ferrum_infer_gateway_active_streams", "Upstream requests (choices) in flight",
               registry=r).set_function(active_streams)
         Gauge("ferrum_infer_memory_usage_bytes", "Resident memory of the gateway process",
               registry=r).set_function(resident_memory_bytes)

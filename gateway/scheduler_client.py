@@ -1,5 +1,8 @@
 """The gateway's only line to the scheduler: a grpc.aio channel behind five async methods.
 
+Every request travels on one long-lived GenerateMany stream (gateway/multiplexed_stream.py),
+opened on first use and again after it breaks.
+
 Handlers depend on the `SchedulerApi` protocol, so tests can hand them an in-memory scheduler.
 Failures surface as `SchedulerError`, carrying the gRPC status name (e.g. "NOT_FOUND"), never a
 grpc exception.
@@ -14,14 +17,16 @@ from typing import Protocol
 
 import grpc
 
+from gateway.multiplexed_stream import MultiplexedStream, StreamBroken
 from services import codec
-from services.types import ClusterStatus, GenerateRequest, ModelInfo, RequestOutput, TokenizerBundle
+from services.types import (ClusterStatus, GenerateRequest, ModelInfo, RequestFailure, RequestOutput,
+                            TokenizerBundle)
 
 # Tokenizer bundles of real models are several MiB; gRPC's default receive limit is 4 MiB.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 UNARY_TIMEOUT_S = 10.0
-# A Generate that failed because the scheduler went away before any token is retried while the
-# channel reconnects, for at most this long since the call started.
+# A request that failed because the scheduler went away before any token is sent again while the
+# channel reconnects, for at most this long since it was first sent.
 RECONNECT_WINDOW_S = 10.0
 
 
@@ -61,34 +66,55 @@ class SchedulerClient:
         ])
         self._stub = codec.SchedulerStub(self._channel)
         self._reconnect_window_s = reconnect_window_s
+        self._stream: MultiplexedStream | None = None
+        self._closing: set[asyncio.Future] = set()  # broken streams being closed
 
     async def close(self) -> None:
+        if self._stream is not None:
+            await self._stream.close()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._channel.close()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
-        """Stream the request's outputs. Closing or cancelling the iteration cancels the call,
-        which the scheduler treats as an abort."""
+        """Stream the request's outputs. Closing or cancelling the iteration before the last one
+        aborts the request on the scheduler."""
         started = time.monotonic()
-        message = codec.request_to_pb(request)
-        metadata = tuple(request.trace_context.items())  # W3C trace context, read by the scheduler
         produced = False
         while True:
-            call = self._stub.Generate(message, metadata=metadata)
+            stream = self._open_stream()
+            inbox = stream.open(request)
+            finished = False
             try:
-                async for output in call:
+                while True:
+                    item = await inbox.get()
+                    if isinstance(item, RequestFailure):
+                        raise SchedulerError(item.code, item.message, item.retry_after_s)
+                    if isinstance(item, StreamBroken):
+                        if produced or not await self._reconnected(item.code, started):
+                            raise SchedulerError(item.code.name, item.details)
+                        break  # sent again, on a fresh stream
                     produced = True
-                    yield codec.output_from_pb(output)
-                return
-            except grpc.aio.AioRpcError as e:
-                if produced or not await self._reconnected(e, started):
-                    raise _error_from_rpc(e) from None
+                    finished = item.finished
+                    yield item
+                    if finished:
+                        return
             finally:
-                call.cancel()
+                stream.release(request.request_id, abort=not finished)
 
-    async def _reconnected(self, error: grpc.aio.AioRpcError, started: float) -> bool:
-        """True when a Generate failed because the connection broke (not because the scheduler
+    def _open_stream(self) -> MultiplexedStream:
+        """The live GenerateMany stream; a fresh one when there is none yet or it broke."""
+        if self._stream is None or self._stream.broken is not None:
+            if self._stream is not None:
+                closing = asyncio.ensure_future(self._stream.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+            self._stream = MultiplexedStream(self._stub)
+        return self._stream
+
+    async def _reconnected(self, code: grpc.StatusCode, started: float) -> bool:
+        """True when a request failed because the connection broke (not because the scheduler
         answered UNAVAILABLE itself) and the channel came back within the reconnect window."""
-        if error.code() != grpc.StatusCode.UNAVAILABLE:
+        if code != grpc.StatusCode.UNAVAILABLE:
             return False
         if self._channel.get_state() == grpc.ChannelConnectivity.READY:
             return False

@@ -1,4 +1,4 @@
-"""The gateway's bound on concurrent upstream Generate streams (max_concurrent_streams)."""
+"""The gateway's bound on concurrent upstream requests (one per choice) (max_concurrent_streams)."""
 
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class TokenizerCache:
             try:
                 listing = await self._listing(model)
             except SchedulerError:
-                return entry.tokenizer  # keep serving; Generate will report what is wrong
+                return entry.tokenizer  # keep serving; the request itself will report what is wrong
             if listing is not None and listing == entry.listing:
                 entry.checked_at = time.monotonic()
                 return entry.tokenizer

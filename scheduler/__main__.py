@@ -1,6 +1,6 @@
 """`python -m scheduler`: the central gRPC scheduler.
 
-Listens on FERRUM_INFER_SCHEDULER_ADDR for gateways (Generate, Abort, ListModels, ...) and for
+Listens on FERRUM_INFER_SCHEDULER_ADDR for gateways (GenerateMany, Abort, ListModels, ...) and for
 worker sessions; serves /metrics, /health and /ready on FERRUM_INFER_METRICS_PORT.
 """
 
@@ -88,6 +88,7 @@ async def drain(core: SchedulerCore, servicer: SchedulerServicer, health_service
         await asyncio.sleep(0.05)
     log.info("scheduler stopping", extra={"unfinished": core.in_flight, "open_calls": servicer.open_generates})
     core.close()
+    servicer.end_idle_streams()
 
 
 def main(argv: list[str] | None = None) -> None:

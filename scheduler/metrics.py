@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("ferrum_infer_scheduler_requests_total", "Generate calls by outcome", ["model", "status"])
+REQUESTS = Counter("ferrum_infer_scheduler_requests_total", "Requests by outcome", ["model", "status"])
 QUEUE_DEPTH = Gauge("ferrum_infer_queue_depth", "Requests waiting for a worker", ["model"])
 QUEUE_TIME = Histogram("ferrum_infer_queue_time_seconds", "Time from submit to dispatch", ["model"],
                        buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))

@@ -3,94 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Iterator
+from contextlib import aclosing
 
 import grpc
 
-from scheduler import metrics
-from scheduler.core import AdmissionError, SchedulerCore
+from scheduler.core import SchedulerCore
+from scheduler.gateway_stream import GatewayStream
 from scheduler.registry import END_SESSION, WorkerHandle
-from services import codec, tracing
+from services import codec
 from services.types import ClusterStatus, WorkerInfo, WorkerRegister, WorkerStats
 
 log = logging.getLogger(__name__)
-
-_STATUS = {
-    "not_found": grpc.StatusCode.NOT_FOUND,
-    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
-    "queue_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-}
-
-
-_tracer = tracing.tracer("ferrum.scheduler")
-
-
-def _record_queue_span(pending, parent) -> None:
-    """The time a request waited in the global queue, and where routing sent it, as a child span."""
-    if not pending.dispatched_ns:
-        return
-    span = _tracer.start_span("scheduler.queue", context=parent, start_time=pending.submitted_ns)
-    span.set_attribute("ferrum.worker_id", pending.worker_id or "")
-    span.set_attribute("ferrum.route_reason", pending.route_reason)
-    if pending.affinity is not None:
-        span.set_attribute("ferrum.prefix_blocks", len(pending.affinity.hashes))
-        span.set_attribute("ferrum.matched_blocks", pending.affinity.matched.get(pending.worker_id, 0))
-    span.end(end_time=pending.dispatched_ns)
 
 
 class SchedulerServicer(codec.SchedulerServicer):
     def __init__(self, core: SchedulerCore):
         self.core = core
-        # Generate calls not yet returned. A request leaves the core when its worker finishes it,
-        # but its last outputs may still be on their way to a slow gateway: the drain waits for both.
-        self.open_generates = 0
+        self._streams: set[GatewayStream] = set()
 
-    @contextlib.contextmanager
-    def _open_generate(self) -> Iterator[None]:
-        self.open_generates += 1
+    @property
+    def open_generates(self) -> int:
+        """Requests on gateway streams not yet done: relaying, or their last outputs not yet sent.
+        A request leaves the core when its worker finishes it, but those outputs may still be on
+        their way to a slow gateway: the drain waits for both."""
+        return sum(stream.unfinished for stream in self._streams)
+
+    def end_idle_streams(self) -> None:
+        """After the core closed: end the gateway streams with nothing left on them."""
+        for stream in self._streams:
+            stream.end_if_idle()
+
+    async def GenerateMany(self, request_iterator, context):
+        stream = GatewayStream(self.core)
+        self._streams.add(stream)
         try:
-            yield
+            async with aclosing(stream.serve(request_iterator)) as batches:
+                async for batch in batches:
+                    yield batch
         finally:
-            self.open_generates -= 1
-
-    async def Generate(self, request, context):
-        req = codec.request_from_pb(request)
-        parent = tracing.extract(dict(context.invocation_metadata() or ()))
-        with self._open_generate(), tracing.unattached_span(_tracer, "scheduler.generate", parent) as (span, traced):
-            span.set_attribute("ferrum.request_id", req.request_id)
-            span.set_attribute("ferrum.model", req.model)
-            req.trace_context = tracing.inject(traced)  # the worker's spans become children of this one
-            status = "ok"
-            try:
-                await self.core.wait_for_model(req.model)
-                pending = self.core.submit(req, await self.core.affinity(req))
-            except AdmissionError as exc:
-                metrics.REQUESTS.labels(req.model if exc.kind != "not_found" else "", exc.kind).inc()
-                await context.abort(_STATUS[exc.kind], str(exc))
-            try:
-                while True:
-                    item = await pending.outputs.get()
-                    if isinstance(item, AdmissionError):
-                        status = item.kind
-                        await context.abort(_STATUS[item.kind], str(item))
-                    if item.finished:
-                        # Set before the yield: a gateway that has its last output may close the
-                        # stream at once, and grpc then never resumes this generator.
-                        status = item.finish_reason
-                    yield codec.output_to_pb(item)
-                    if item.finished:
-                        return
-            except asyncio.CancelledError:
-                status = "cancelled"
-                raise
-            finally:
-                # Runs on normal completion too, where it finds nothing left to cancel.
-                self.core.cancel(req.request_id)
-                metrics.REQUESTS.labels(req.model, status).inc()
-                _record_queue_span(pending, traced)
+            self._streams.discard(stream)
 
     async def Abort(self, request, context):
         found = self.core.is_pending(request.request_id)

@@ -13,6 +13,7 @@ from services.types import (
     GenerateRequest,
     ModelInfo,
     PositionLogprobs,
+    RequestFailure,
     RequestOutput,
     SamplingParams,
     TokenizerBundle,
@@ -99,6 +100,40 @@ def output_from_pb(m: pb.RequestOutput) -> RequestOutput:
         finish_reason=m.finish_reason, prompt_tokens=m.prompt_tokens,
         cached_tokens=m.cached_tokens, error=m.error,
     )
+
+
+# ---------------------------------------------------------------- gateway stream
+
+
+def generate_msg(r: GenerateRequest) -> pb.GatewayMessage:
+    return pb.GatewayMessage(generate=request_to_pb(r))
+
+
+def gateway_abort_msg(request_id: str) -> pb.GatewayMessage:
+    return pb.GatewayMessage(abort=pb.AbortRequest(request_id=request_id))
+
+
+def decode_gateway_msg(m: pb.GatewayMessage) -> GenerateRequest | str:
+    """The request to start, or the id of the request to abort."""
+    if m.WhichOneof("kind") == "generate":
+        return request_from_pb(m.generate)
+    return m.abort.request_id
+
+
+def output_batch_to_pb(items: list[RequestOutput | RequestFailure]) -> pb.OutputBatch:
+    batch = pb.OutputBatch()
+    for item in items:
+        if isinstance(item, RequestFailure):
+            batch.failures.append(pb.RequestFailure(request_id=item.request_id, code=item.code,
+                                                    message=item.message, retry_after_s=item.retry_after_s or 0))
+        else:
+            batch.outputs.append(output_to_pb(item))
+    return batch
+
+
+def output_batch_from_pb(m: pb.OutputBatch) -> list[RequestOutput | RequestFailure]:
+    failures = [RequestFailure(f.request_id, f.code, f.message, f.retry_after_s or None) for f in m.failures]
+    return [output_from_pb(o) for o in m.outputs] + failures
 
 
 # ---------------------------------------------------------------- models and tokenizers

@@ -79,6 +79,16 @@ class RequestOutput:
 
 
 @dataclass
+class RequestFailure:
+    """A request the scheduler refused or dropped; `code` is a gRPC status name, e.g. "NOT_FOUND"."""
+
+    request_id: str
+    code: str
+    message: str
+    retry_after_s: int | None = None
+
+
+@dataclass
 class TokenizerBundle:
     model: str
     files: dict[str, bytes]

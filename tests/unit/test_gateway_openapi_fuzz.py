@@ -71,7 +71,7 @@ def request_fields(case: Case) -> set[str]:
 
 def call_and_count(served: Served, case: Case) -> tuple[Any, int]:
     """Send the case, validate it against the document; the response and the count of upstream
-    Generate calls it caused."""
+    requests it caused."""
     before = len(served.fake.requests)
     response = case.call_and_validate()
     event(f"{case.operation.label} -> {response.status_code}")  # seen with --hypothesis-show-statistics

@@ -10,36 +10,60 @@ import pytest
 
 from gateway.scheduler_client import SchedulerClient, SchedulerError
 from services import codec
-from services.types import GenerateRequest, ModelInfo, RequestOutput, SamplingParams, TokenizerBundle
+from services.types import (GenerateRequest, ModelInfo, RequestFailure, RequestOutput, SamplingParams,
+                            TokenizerBundle)
 
 BUNDLE = TokenizerBundle("m", {"tokenizer.json": b"{}"}, 512, [0], "rev1")
 
 
 class ScriptedScheduler(codec.SchedulerServicer):
-    """Generate streams three single-token outputs, or fails as the request's model name says."""
+    """Each request on the GenerateMany stream gets three single-token outputs, or fails as its
+    model name says; "endless" gets its outputs unfinished and then waits for its abort."""
 
     def __init__(self, hang_before_output: bool = False):
         self.hang_before_output = hang_before_output
         self.called = asyncio.Event()
         self.cancelled = asyncio.Event()
-        self.metadata: dict[str, str] = {}
+        self.trace_context: dict[str, str] = {}
         self.calls = 0
+        self.streams = 0
 
-    async def Generate(self, request, context):
+    async def GenerateMany(self, request_iterator, context):
+        self.streams += 1
+        outbox: asyncio.Queue = asyncio.Queue()
+        scripts: dict[str, asyncio.Task] = {}
+
+        async def read() -> None:
+            async for message in request_iterator:
+                command = codec.decode_gateway_msg(message)
+                if isinstance(command, str):
+                    scripts[command].cancel()
+                else:
+                    scripts[command.request_id] = asyncio.create_task(self._script(command, outbox))
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                yield codec.output_batch_to_pb([await outbox.get()])
+        finally:
+            reader.cancel()
+
+    async def _script(self, request: GenerateRequest, outbox: asyncio.Queue) -> None:
         self.calls += 1
         self.called.set()
-        self.metadata = dict(context.invocation_metadata() or ())
+        self.trace_context = request.trace_context
         if request.model == "missing":
-            await context.abort(grpc.StatusCode.NOT_FOUND, "The model `missing` does not exist.")
+            outbox.put_nowait(RequestFailure(request.request_id, "NOT_FOUND", "The model `missing` does not exist."))
+            return
         if request.model == "full":
-            context.set_trailing_metadata((("retry-after", "5"),))
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            outbox.put_nowait(RequestFailure(request.request_id, "RESOURCE_EXHAUSTED", "queue full", 5))
+            return
         if self.hang_before_output:
             await asyncio.Event().wait()
         try:
             for i in range(3):
-                finish = "length" if i == 2 else ""
-                yield codec.output_to_pb(RequestOutput(request.request_id, [i], finish_reason=finish))
+                last = i == 2 and request.model != "endless"
+                outbox.put_nowait(RequestOutput(request.request_id, [i], finish_reason="length" if last else ""))
             if request.model == "endless":
                 await asyncio.Event().wait()
         except asyncio.CancelledError:
@@ -78,16 +102,29 @@ async def test_generate_streams_outputs_and_sends_trace_context(scheduler):
     received = [o async for o in client.generate(request("m"))]
     assert [o.token_ids for o in received] == [[0], [1], [2]]
     assert received[-1].finish_reason == "length"
-    assert servicer.metadata["traceparent"].startswith("00-0af7651916cd43dd")
+    assert servicer.trace_context["traceparent"].startswith("00-0af7651916cd43dd")
 
 
-async def test_closing_the_iteration_cancels_the_call_on_the_scheduler(scheduler):
+async def test_closing_the_iteration_early_aborts_the_request_on_the_scheduler(scheduler):
     servicer, client = scheduler
     async with aclosing(client.generate(request("endless"))) as outputs:
         async for output in outputs:
-            if output.finish_reason:
-                break
+            assert not output.finish_reason
+            break
     await asyncio.wait_for(servicer.cancelled.wait(), 10)
+
+
+async def test_concurrent_requests_share_one_stream_and_each_gets_only_its_outputs(scheduler):
+    servicer, client = scheduler
+
+    async def run(request_id: str) -> list[RequestOutput]:
+        one = GenerateRequest(request_id, "m", [1], SamplingParams(max_tokens=3))
+        return [o async for o in client.generate(one)]
+
+    results = await asyncio.gather(*(run(f"r{i}") for i in range(8)))
+    for i, outputs in enumerate(results):
+        assert [(o.request_id, o.token_ids) for o in outputs] == [(f"r{i}", [0]), (f"r{i}", [1]), (f"r{i}", [2])]
+    assert servicer.calls == 8 and servicer.streams == 1
 
 
 @pytest.mark.parametrize("model, code", [("missing", "NOT_FOUND"), ("full", "RESOURCE_EXHAUSTED")])
