@@ -40,7 +40,7 @@ class PagedEngine:
         self.scheduler = Scheduler(
             self.pool, config.block_size, config.max_num_seqs, config.max_num_batched_tokens
         )
-        self.sampler = Sampler(runner.vocab_size, sorted(self.eos_token_ids), runner.device)
+        self.sampler = Sampler(runner.vocab_size, sorted(self.eos_token_ids), runner.device, runner.argmax_kernel)
         self.capacity = EngineCapacity(config.max_num_seqs, num_blocks, config.block_size, max_model_len)
         self._sequences: dict[str, Sequence] = {}
         self._done_at_admission: list[RequestOutput] = []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -24,12 +24,15 @@ class Sampler:
     the raw logits. Without penalties a greedy row's token is exactly torch.argmax(logits).
     """
 
-    def __init__(self, vocab_size: int, eos_token_ids: Sequence[int], device: str | torch.device) -> None:
-        """`vocab_size` is the width of the logits (the model's vocab_size, padding included)."""
+    def __init__(self, vocab_size: int, eos_token_ids: Sequence[int], device: str | torch.device,
+                 argmax_kernel: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """`vocab_size` is the width of the logits (the model's vocab_size, padding included);
+        `argmax_kernel` the compiled greedy_argmax (worker/engine/cpu_kernels), or None."""
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.device = torch.device(device)
         self._shared_generator = torch.Generator(device=self.device)
+        self._argmax_kernel = argmax_kernel
 
     def sample(self, logits: torch.Tensor, rows: Sequence[SamplingRow]) -> list[SampledToken]:
         """Row i of `logits` `[len(rows), vocab_size]` (any float dtype) belongs to `rows[i]`."""
@@ -37,7 +40,7 @@ class Sampler:
             raise ValueError(f"logits {tuple(logits.shape)} do not match {len(rows)} rows x {self.vocab_size}")
         raw = logits.float()
         if all(_is_plain_greedy(row) for row in rows):
-            return [SampledToken(token_id) for token_id in _argmax(raw).tolist()]
+            return [SampledToken(token_id) for token_id in self._argmax(raw).tolist()]
         processed = self._penalised(raw, rows)
         chosen = self._choose(processed, rows)
         return self._with_logprobs(raw, chosen, rows)
@@ -71,7 +74,7 @@ class Sampler:
         random_rows = [i for i, row in enumerate(rows) if not row.params.greedy]
         if len(random_rows) == len(rows):
             return self._draw(logits, rows)
-        chosen = _argmax(logits)
+        chosen = self._argmax(logits)
         if random_rows:
             index = torch.tensor(random_rows, device=logits.device)
             chosen[index] = self._draw(logits.index_select(0, index), [rows[i] for i in random_rows])
@@ -101,8 +104,22 @@ class Sampler:
         # to the most likely token rather than ever return an excluded one.
         excluded = probs.gather(1, chosen) == 0
         if bool(excluded.any()):
-            chosen = torch.where(excluded, _argmax(probs).unsqueeze(1), chosen)
+            chosen = torch.where(excluded, self._argmax(probs).unsqueeze(1), chosen)
         return chosen.squeeze(1)
+
+    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """torch.argmax over the vocabulary: the first index of each row's maximum. The compiled
+        kernel answers where it can (32 x 49,152 float32 on 2 cores: 0.06 ms against torch's
+        0.40-0.54; a bench-like greedy step's `sample`, min_tokens mask included, went from
+        0.63-0.74 to 0.22-0.25 ms). Torch answers the rest, and any batch with a NaN, by its own
+        rule; its max is about twice as fast as its argmax on the CPU and documented to return the
+        same first index."""
+        if (self._argmax_kernel is not None and logits.device.type == "cpu" and logits.dtype == torch.float32
+                and logits.is_contiguous()):
+            chosen = self._argmax_kernel(logits)
+            if int(chosen.min()) >= 0:
+                return chosen
+        return logits.max(dim=1).indices
 
     def _with_logprobs(
         self, raw: torch.Tensor, chosen: torch.Tensor, rows: Sequence[SamplingRow]
@@ -119,10 +136,6 @@ class Sampler:
         return tokens
 
 
-def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    """torch.argmax over the vocabulary (the first index of the maximum), about twice as fast on
-    CPU: max's index kernel is vectorised and documented to return the same first index."""
-    return logits.max(dim=1).indices
 
 
 def _param_tensor(

@@ -1,13 +1,14 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-One extension of three sources: the AVX-512 paged decode attention (decode_attention.cpp), the
-fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp) and their Python bindings
-(bindings.cpp), with the exp and bfloat16 rounding they share in vector_math.h.
-`decode_attention_kernel()` and `fused_layer_kernels()` return them when a build for these exact
-sources, compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise None, and the
-engine uses torch's own operations. A worker never compiles: building takes 20-40 s of one core
-and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
-worker.engine.cpu_kernels`), and a failed build only costs speed.
+One extension of four sources: the AVX-512 paged decode attention (decode_attention.cpp), the
+fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
+(greedy_argmax.cpp) and their Python bindings (bindings.cpp), with the exp and bfloat16 rounding
+the first two share in vector_math.h. `decode_attention_kernel()`, `fused_layer_kernels()` and
+`greedy_argmax_kernel()` return them when a build for these exact sources, compiler flags, torch
+and Python exists and the CPU runs AVX-512; otherwise None, and the engine uses torch's own
+operations. A worker never compiles: building takes 20-40 s of one core and needs a C++ compiler,
+so it happens once, in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build
+only costs speed.
 
 Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
 binary is never loaded; it is simply not found.
@@ -30,7 +31,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("decode_attention.cpp", "fused_layers.cpp", "bindings.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "bindings.cpp"))
 HEADERS = (Path(__file__).with_name("vector_math.h"),)  # included by the sources
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
@@ -122,3 +124,9 @@ def fused_layer_kernels() -> FusedLayerKernels | None:
     """The compiled bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), or None."""
     module = _extension()
     return FusedLayerKernels(module.rms_norm, module.silu_mul) if module is not None else None
+
+
+def greedy_argmax_kernel() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The compiled first-index-of-maximum over float32 logits rows (greedy_argmax.cpp), or None."""
+    module = _extension()
+    return module.greedy_argmax if module is not None else None

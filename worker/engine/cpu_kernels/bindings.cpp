@@ -5,9 +5,11 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
                                      torch::Tensor starts, torch::Tensor ends, double scale);
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up);
+torch::Tensor greedy_argmax(torch::Tensor logits);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention);
   m.def("rms_norm", &rms_norm);
   m.def("silu_mul", &silu_mul);
+  m.def("greedy_argmax", &greedy_argmax);
 }
