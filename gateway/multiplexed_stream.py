@@ -77,6 +77,9 @@ class MultiplexedStream:
         except asyncio.CancelledError:
             broken = StreamBroken(grpc.StatusCode.CANCELLED, "the gateway closed the stream")
             raise
+        except Exception as e:  # a message this code cannot read: fail its requests, not hang them
+            log.exception("scheduler stream failed")
+            broken = StreamBroken(grpc.StatusCode.INTERNAL, f"the scheduler stream failed: {type(e).__name__}")
         finally:
             self.broken = broken
             log.info("scheduler stream ended: %s", broken.details)

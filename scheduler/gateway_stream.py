@@ -14,12 +14,15 @@ scheduler stopped), cancels the relays, which drops their requests everywhere.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from scheduler.core import SchedulerCore
 from scheduler.request_relay import STATUS_CODES, relay_request
 from services import codec
 from services.types import GenerateRequest, RequestFailure, RequestOutput
+
+log = logging.getLogger(__name__)
 
 _END = object()  # in the outbox: the stream is over
 
@@ -67,6 +70,8 @@ class GatewayStream:
                     self._start(command)
                 elif (relay := self._relays.get(command)) is not None:
                     relay.cancel()
+        except Exception as exc:  # a broken connection: the stream ends below, like any other end
+            log.info("gateway stream ended: %s: %s", type(exc).__name__, exc)
         finally:
             # The gateway closed its side or the connection broke: it will read nothing more.
             self._outbox.put_nowait(_END)

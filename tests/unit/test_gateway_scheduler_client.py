@@ -180,3 +180,30 @@ async def test_generate_without_output_is_retried_when_the_scheduler_restarts():
         await restarted.stop(None)
     assert output.token_ids == [0]
     assert second.calls == 1
+
+
+async def test_a_stream_lost_mid_request_fails_it_and_the_next_request_opens_a_new_stream():
+    first, second = ScriptedScheduler(), ScriptedScheduler()
+    server = grpc.aio.server()
+    codec.add_scheduler_servicer(first, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = SchedulerClient(f"127.0.0.1:{port}", reconnect_window_s=20)
+    restarted = grpc.aio.server()
+    try:
+        async with aclosing(client.generate(request("endless"))) as outputs:
+            assert (await anext(outputs)).token_ids == [0]
+            await server.stop(None)
+            with pytest.raises(SchedulerError) as caught:
+                async for _ in outputs:
+                    pass
+        codec.add_scheduler_servicer(second, restarted)
+        restarted.add_insecure_port(f"127.0.0.1:{port}")
+        await restarted.start()
+        received = [o.token_ids async for o in client.generate(request("m"))]
+    finally:
+        await client.close()
+        await restarted.stop(None)
+    assert caught.value.code == "UNAVAILABLE", "tokens were already streamed: never sent again"
+    assert received == [[0], [1], [2]]
+    assert (first.streams, second.streams) == (1, 1)
