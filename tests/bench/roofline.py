@@ -4,9 +4,12 @@ A perfect engine spends its time only in the model's matmuls, batched as wide as
 allows. So the bench times exactly those matmuls here, with torch, in the chosen dtype, with all
 of the model's layers' weights (so memory traffic is real: decode at small batch is bound by
 streaming the weights, not by arithmetic) at M rows: M = the concurrency for decode steps (one
-token per running sequence) and PREFILL_ROWS for prompt processing. Roofline time of a workload =
-prefill FLOPs / rate(PREFILL_ROWS) + decode FLOPs / rate(concurrency); attention FLOPs are
-charged at the same rate (an approximation in the ideal engine's favour at long contexts).
+token per running sequence), over every linear with lm_head (each decoded token needs its
+logits), and PREFILL_ROWS for prompt processing, over the layers' linears only (a prompt needs
+logits at its last position alone: timing lm_head's wide product for every row would charge
+prefill a rate it never runs at). Roofline time of a workload = prefill FLOPs / rate(PREFILL_ROWS)
++ decode FLOPs / rate(concurrency); attention FLOPs are charged at the same rate (an approximation
+in the ideal engine's favour at long contexts).
 
 Each pass runs in both layouts of the weights, each q, k, v, gate and up on its own and with q|k|v
 and gate|up as one wider matmul each (how our engine runs them), and each through `F.linear` on
@@ -22,13 +25,16 @@ import time
 
 from tests.bench.flops import ModelShape, WorkloadFlops
 
-PREFILL_ROWS = 512
+# The engine's default per-step token budget (max_num_batched_tokens): its prefill chunks are this
+# wide, and the layers ran 1-3% faster here than at 512 rows.
+PREFILL_ROWS = 2048
 MIN_MEASURE_S = 0.5
 
 
 def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads: int) -> dict[int, float]:
-    """FLOP/s of one pass over every linear of the model (lm_head included) at each row count,
-    from the fastest of repeated passes (a roofline is a bound: the best the machine showed).
+    """FLOP/s of one pass over every linear of the model at each row count (lm_head included,
+    except at PREFILL_ROWS: see the module docstring), from the fastest of repeated passes (a
+    roofline is a bound: the best the machine showed).
 
     Runs in its own process (call through isolated.call): allocates the model's weight shapes."""
     import torch
@@ -37,7 +43,6 @@ def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads
     torch_dtype = getattr(torch, dtype)
     generator = torch.Generator().manual_seed(0)
     layouts = [_model_linears(shape, shape.layer_linears()), _model_linears(shape, shape.shared_layer_linears())]
-    flops_per_row = 2 * sum(i * o for i, o in layouts[0])
     passes_by_rows = {m: [] for m in set(rows)}
     for linears in layouts:
         weights = [torch.randn(o, i, generator=generator).to(torch_dtype) * 0.02 for i, o in linears]
@@ -45,10 +50,18 @@ def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads
         routes = [products] + ([packed] if (packed := _packed_products(weights, torch_dtype)) else [])
         for m in passes_by_rows:
             inputs = {i: torch.randn(m, i, generator=generator).to(torch_dtype) for i, _ in linears}
-            passes_by_rows[m] += [_one_pass(linears, route, inputs) for route in routes]
+            passes_by_rows[m] += [_one_pass(_timed_at(m, linears), _timed_at(m, route), inputs) for route in routes]
+    rates = {}
     with torch.inference_mode():
-        return {m: flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
-                for m, passes in sorted(passes_by_rows.items())}
+        for m, passes in sorted(passes_by_rows.items()):
+            flops_per_row = 2 * sum(i * o for i, o in _timed_at(m, layouts[0]))
+            rates[m] = flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
+    return rates
+
+
+def _timed_at(rows: int, per_linear: list) -> list:
+    """The part of a per-linear list (lm_head last) that a pass at `rows` times."""
+    return per_linear[:-1] if rows == PREFILL_ROWS else per_linear
 
 
 def _model_linears(shape: ModelShape, layer: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -65,3 +65,22 @@ def test_shared_layout_is_the_engines_and_has_the_same_flops():
                           + [(576, 576), (1536, 576)])  # o_proj and down_proj stay single
     assert sorted(shape.shared_layer_linears()) == engine_layer
     assert sum(i * o for i, o in shape.shared_layer_linears()) == sum(i * o for i, o in shape.layer_linears())
+
+
+def test_prefill_rate_times_the_layers_only_and_decode_rates_include_lm_head(monkeypatch):
+    """A prompt needs logits at its last position only: prefill must not be charged lm_head's rate."""
+    from tests.bench import roofline
+
+    shape = ModelShape(hidden=16, layers=2, heads=2, kv_heads=1, head_dim=8, intermediate=32, vocab=1000)
+    widths: dict[int, set[int]] = {}
+
+    def one_timing(one_pass) -> float:
+        outputs = one_pass()
+        widths.setdefault(outputs[0].shape[0], set()).add(outputs[-1].shape[1])
+        return 1.0  # seconds: the rate is then the FLOPs counted per pass
+
+    monkeypatch.setattr(roofline, "_fastest_pass", one_timing)
+    rates = roofline.measure_matmul_rates(shape, "float32", [4, PREFILL_ROWS], threads=1)
+    assert widths == {4: {1000}, PREFILL_ROWS: {16}}  # the last product: lm_head, or down_proj
+    assert rates[4] == 4 * (shape.linear_flops_per_token + shape.lm_head_flops)
+    assert rates[PREFILL_ROWS] == PREFILL_ROWS * shape.linear_flops_per_token
