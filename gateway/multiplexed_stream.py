@@ -80,6 +80,7 @@ class MultiplexedStream:
         except Exception as e:  # a message this code cannot read: fail its requests, not hang them
             log.exception("scheduler stream failed")
             broken = StreamBroken(grpc.StatusCode.INTERNAL, f"the scheduler stream failed: {type(e).__name__}")
+            self._call.cancel()  # the scheduler then drops this stream's requests
         finally:
             self.broken = broken
             log.info("scheduler stream ended: %s", broken.details)

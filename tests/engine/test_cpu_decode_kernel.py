@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.engine.cpu_kernels import cpu_supports_kernels, decode_attention_kernel
+from worker.engine.cpu_kernels import cpu_supports_kernels, decode_attention_kernel, decode_step_kernel
 
 
 def test_kernel_is_built_where_the_cpu_can_run_it():
@@ -99,6 +99,38 @@ def test_large_scores_do_not_overflow():
     got = kernel(q, k, v, tables, starts, ends, 0.125)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got, _reference(q, k, v, tables, starts, ends, 0.125), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_decode_step_writes_the_new_rows_then_attends_as_the_separate_calls_do(dtype):
+    """paged_decode_step on transformers' transposed views equals index_copy_ then the kernel."""
+    from worker.engine.attention_metadata import write_rows
+
+    step = decode_step_kernel()
+    batch, kv_heads, group, head_dim = 4, 3, 3, 64
+    _, k, v, tables = _case(batch, kv_heads, group, head_dim, 30, dtype, seed=4)
+    generator = torch.Generator().manual_seed(5)
+    # [1, tokens, heads, dim] projections viewed as [1, heads, tokens, dim], as the modeling code does
+    query = torch.randn(1, batch, kv_heads * group, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    key = torch.randn(1, batch, kv_heads, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    value = torch.randn(1, batch, kv_heads, head_dim, generator=generator).to(dtype).transpose(1, 2)
+    ends = torch.tensor([30, 9, 16, 1])
+    slots = torch.stack([tables[b, (ends[b] - 1) // BLOCK] * BLOCK + (ends[b] - 1) % BLOCK for b in range(batch)])
+    rows = write_rows(slots, kv_heads, BLOCK)
+    expected_k, expected_v = k.clone(), v.clone()
+    expected_k.view(-1, head_dim).index_copy_(0, rows, key[0].transpose(0, 1).reshape(-1, head_dim))
+    expected_v.view(-1, head_dim).index_copy_(0, rows, value[0].transpose(0, 1).reshape(-1, head_dim))
+    packed = query[0].transpose(0, 1).reshape(batch, kv_heads, group, head_dim)
+    starts = torch.zeros_like(ends)
+    expected = kernel(packed, expected_k, expected_v, tables, starts, ends, 0.125)
+
+    got = step(query, key, value, k, v, rows, tables, starts, ends, 0.125)
+    assert torch.equal(k, expected_k) and torch.equal(v, expected_v)
+    assert got.shape == (1, batch, kv_heads * group, head_dim)
+    assert torch.equal(got, expected.reshape(1, batch, kv_heads * group, head_dim))
+    with pytest.raises(IndexError, match="out of bounds"):  # no write outside the cache
+        step(query, key, value, k, v, rows + k.numel() // head_dim, tables, starts, ends, 0.125)
 
 
 def _bad_block(q, k, v, tables):

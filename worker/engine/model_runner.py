@@ -9,8 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
-from worker.engine.cpu_kernels import (decode_attention_kernel, fused_layer_kernels, greedy_argmax_kernel,
-                                      kernel_supports)
+from worker.engine.cpu_kernels import (decode_attention_kernel, decode_step_kernel, fused_layer_kernels,
+                                      greedy_argmax_kernel, kernel_supports)
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.fused_layers import fuse_layers
 from worker.engine.fused_projections import share_projection_matmuls
@@ -72,6 +72,7 @@ class ModelRunner:
         # The kernel reads the paged blocks in place; without it, decode attention is SDPA over
         # the workspace's contiguous copies of the decoding contexts.
         self.decode_kernel = decode_attention_kernel() if use_kernel else None
+        self.decode_step = decode_step_kernel() if use_kernel else None  # the same, writes included
         on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
         self.argmax_kernel = greedy_argmax_kernel() if on_cpu_kernels else None  # None: torch's argmax
         # Capping the workspace at the cache's size bounds the engine's KV memory at twice the

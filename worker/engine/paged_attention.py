@@ -8,7 +8,9 @@ model runner passes to the model's forward. No mask function is registered for t
 transformers' `create_causal_mask` returns None without building anything (masks are built once
 per step here, from the metadata).
 
-Per layer: the new keys/values are written into the cache at the slot mapping, then
+Per layer, in a step without prefill chunks and with the compiled kernel: one call
+(`paged_decode_step`) writes the new keys/values and attends. Otherwise the new keys/values are
+written into the cache at the slot mapping, then
 - decode tokens attend in one call. With the compiled CPU kernel (cpu_kernels/), it reads the
   paged blocks in place through the block tables, with per-sequence bounds. Otherwise one batched
   SDPA with a length mask over `[num_decodes, kv_heads, max_context, head_dim]`: the rows of the
@@ -55,6 +57,11 @@ def paged_attention(
     meta = paged_metadata
     layer = module.layer_idx
     key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
+    if meta.decode_step is not None and not meta.prefills:  # most steps: one call, writes included
+        starts, ends = meta.decode_bounds(sliding_window)
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        return meta.decode_step(query, key, value, key_cache, value_cache, meta.write_rows,
+                                meta.decode_block_tables, starts, ends, scale), None
     num_heads, num_tokens = query.shape[1], query.shape[2]
     new_keys = key[0].transpose(0, 1)  # [tokens, kv_heads, head_dim]
     new_values = value[0].transpose(0, 1)

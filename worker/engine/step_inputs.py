@@ -8,7 +8,7 @@ import torch
 
 from worker.engine.kv_cache import KVCache
 from worker.engine.attention_metadata import PagedAttentionMetadata, PrefillSlice, gather_rows, write_rows
-from worker.engine.cpu_kernels import DecodeAttention
+from worker.engine.cpu_kernels import DecodeAttention, DecodeStep
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -24,7 +24,7 @@ class StepInputs:
 
 def build_step_inputs(
     plan: SchedulerOutput, kv_cache: KVCache, workspace: DecodeWorkspace, device: torch.device,
-    decode_kernel: DecodeAttention | None = None,
+    decode_kernel: DecodeAttention | None = None, decode_step: DecodeStep | None = None,
 ) -> StepInputs:
     """Rows: every decode token (in the workspace's row order when SDPA reads the workspace), then
     every prefill chunk's tokens."""
@@ -93,6 +93,7 @@ def build_step_inputs(
         workspace_step=workspace_step,
         prefills=prefills,
         decode_kernel=decode_kernel,
+        decode_step=decode_step if decode_kernel is not None else None,
     )
     return StepInputs(
         input_ids=torch.tensor([token_ids], dtype=torch.long, device=device),

@@ -43,6 +43,11 @@ NAME = "ferrum_cpu_kernels"
 DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float],
                            torch.Tensor]
 
+# (query, key, value, key_cache, value_cache, write_rows, block_tables, starts, ends, scale) -> output
+# [1, tokens, heads, head_dim]: the new keys and values written, then paged_decode_attention.
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                       torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class FusedLayerKernels:
@@ -118,6 +123,12 @@ def decode_attention_kernel() -> DecodeAttention | None:
     """The compiled paged decode attention, or None."""
     module = _extension()
     return module.paged_decode_attention if module is not None else None
+
+
+def decode_step_kernel() -> DecodeStep | None:
+    """The compiled write-then-attend of a decode-only step (decode_attention.cpp), or None."""
+    module = _extension()
+    return module.paged_decode_step if module is not None else None
 
 
 def fused_layer_kernels() -> FusedLayerKernels | None:

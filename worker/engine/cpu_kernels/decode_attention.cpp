@@ -292,3 +292,31 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
   }
   return out;
 }
+
+// A decode-only step's attention for one layer, as transformers hands it over: write the new keys
+// and values into the caches, then attend. One call instead of the dozen tensor operations (each a
+// Python-level dispatch) it takes to do the same around paged_decode_attention.
+//   query [1, heads, B, D], key and value [1, H, B, D] (any strides: transformers' transposed views)
+//   write_rows [B * H] int64: the cache row (of k_cache viewed as [N * H * S, D]) of token b's head h
+//       at b * H + h, as attention_metadata.write_rows builds them
+//   the caches, block_tables, starts, ends and scale as paged_decode_attention takes them
+//   returns [1, B, heads, D] contiguous, in query's dtype.
+torch::Tensor paged_decode_step(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor k_cache,
+                                torch::Tensor v_cache, torch::Tensor write_rows, torch::Tensor block_tables,
+                                torch::Tensor starts, torch::Tensor ends, double scale) {
+  TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && query.size(0) == 1 && key.size(0) == 1 &&
+                  key.sizes() == value.sizes() && key.size(2) == query.size(2) && key.size(3) == query.size(3),
+              "query [1, heads, B, D] and key, value [1, kv_heads, B, D] expected");
+  const int64_t heads = query.size(1), kv_heads = key.size(1), B = query.size(2), D = query.size(3);
+  TORCH_CHECK(kv_heads > 0 && heads % kv_heads == 0, "the query heads must be a multiple of the KV heads");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kv_heads && k_cache.size(3) == D && k_cache.is_contiguous() &&
+                  v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous(),
+              "the k and v caches must be contiguous [N, kv_heads, S, D]");
+  TORCH_CHECK(write_rows.dim() == 1 && write_rows.numel() == B * kv_heads, "one write row per token and KV head");
+  const auto rows = write_rows.to(torch::kLong);  // index_copy_ refuses a row outside the cache
+  const int64_t cache_rows = k_cache.numel() / D;
+  k_cache.view({cache_rows, D}).index_copy_(0, rows, key.select(0, 0).transpose(0, 1).reshape({B * kv_heads, D}));
+  v_cache.view({cache_rows, D}).index_copy_(0, rows, value.select(0, 0).transpose(0, 1).reshape({B * kv_heads, D}));
+  torch::Tensor packed = query.select(0, 0).transpose(0, 1).reshape({B, kv_heads, heads / kv_heads, D});
+  return paged_decode_attention(packed, k_cache, v_cache, block_tables, starts, ends, scale).view({1, B, heads, D});
+}
