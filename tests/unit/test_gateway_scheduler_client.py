@@ -159,37 +159,38 @@ async def test_unreachable_scheduler_is_unavailable():
     assert caught.value.code == "UNAVAILABLE"
 
 
+async def _serve(servicer: ScriptedScheduler, port: int = 0) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server()
+    codec.add_scheduler_servicer(servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, port
+
+
 async def test_generate_without_output_is_retried_when_the_scheduler_restarts():
     first, second = ScriptedScheduler(hang_before_output=True), ScriptedScheduler()
-    server = grpc.aio.server()
-    codec.add_scheduler_servicer(first, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await _serve(first)
     client = SchedulerClient(f"127.0.0.1:{port}", reconnect_window_s=20)
-    restarted = grpc.aio.server()
+    restarted = None
     try:
         waiting = asyncio.create_task(anext(client.generate(request("m"))))
         await asyncio.wait_for(first.called.wait(), 10)
         await server.stop(None)
-        codec.add_scheduler_servicer(second, restarted)
-        restarted.add_insecure_port(f"127.0.0.1:{port}")
-        await restarted.start()
+        restarted, _ = await _serve(second, port)
         output = await asyncio.wait_for(waiting, 20)
     finally:
         await client.close()
-        await restarted.stop(None)
+        if restarted is not None:
+            await restarted.stop(None)
     assert output.token_ids == [0]
     assert second.calls == 1
 
 
 async def test_a_stream_lost_mid_request_fails_it_and_the_next_request_opens_a_new_stream():
     first, second = ScriptedScheduler(), ScriptedScheduler()
-    server = grpc.aio.server()
-    codec.add_scheduler_servicer(first, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server, port = await _serve(first)
     client = SchedulerClient(f"127.0.0.1:{port}", reconnect_window_s=20)
-    restarted = grpc.aio.server()
+    restarted = None
     try:
         async with aclosing(client.generate(request("endless"))) as outputs:
             assert (await anext(outputs)).token_ids == [0]
@@ -197,13 +198,12 @@ async def test_a_stream_lost_mid_request_fails_it_and_the_next_request_opens_a_n
             with pytest.raises(SchedulerError) as caught:
                 async for _ in outputs:
                     pass
-        codec.add_scheduler_servicer(second, restarted)
-        restarted.add_insecure_port(f"127.0.0.1:{port}")
-        await restarted.start()
+        restarted, _ = await _serve(second, port)
         received = [o.token_ids async for o in client.generate(request("m"))]
     finally:
         await client.close()
-        await restarted.stop(None)
+        if restarted is not None:
+            await restarted.stop(None)
     assert caught.value.code == "UNAVAILABLE", "tokens were already streamed: never sent again"
     assert received == [[0], [1], [2]]
     assert (first.streams, second.streams) == (1, 1)
