@@ -117,7 +117,7 @@ class Sampler:
         if (self._argmax_kernel is not None and logits.device.type == "cpu" and logits.dtype == torch.float32
                 and logits.is_contiguous()):
             chosen = self._argmax_kernel(logits)
-            if int(chosen.min()) >= 0:
+            if chosen.numel() == 0 or int(chosen.min()) >= 0:
                 return chosen
         return logits.max(dim=1).indices
 
