@@ -67,12 +67,10 @@ class SchedulerClient:
         self._stub = codec.SchedulerStub(self._channel)
         self._reconnect_window_s = reconnect_window_s
         self._stream: MultiplexedStream | None = None
-        self._closing: set[asyncio.Future] = set()  # broken streams being closed
 
     async def close(self) -> None:
         if self._stream is not None:
             await self._stream.close()
-        await asyncio.gather(*self._closing, return_exceptions=True)
         await self._channel.close()
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[RequestOutput]:
@@ -103,11 +101,8 @@ class SchedulerClient:
 
     def _open_stream(self) -> MultiplexedStream:
         """The live GenerateMany stream; a fresh one when there is none yet or it broke."""
+        # A broken stream's call has ended and its reader with it: nothing is left to close.
         if self._stream is None or self._stream.broken is not None:
-            if self._stream is not None:
-                closing = asyncio.ensure_future(self._stream.close())
-                self._closing.add(closing)
-                closing.add_done_callback(self._closing.discard)
             self._stream = MultiplexedStream(self._stub)
         return self._stream
 

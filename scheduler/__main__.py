@@ -84,9 +84,9 @@ async def drain(core: SchedulerCore, servicer: SchedulerServicer, health_service
     core.draining = True
     await health_servicer.enter_graceful_shutdown()
     deadline = time.monotonic() + grace_s
-    while (core.in_flight or servicer.open_generates) and time.monotonic() < deadline:
+    while (core.in_flight or servicer.open_requests) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    log.info("scheduler stopping", extra={"unfinished": core.in_flight, "open_calls": servicer.open_generates})
+    log.info("scheduler stopping", extra={"unfinished": core.in_flight, "open_requests": servicer.open_requests})
     core.close()
     servicer.end_idle_streams()
 

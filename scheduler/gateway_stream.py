@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from scheduler.core import SchedulerCore
 from scheduler.request_relay import STATUS_CODES, relay_request
 from services import codec
-from services.types import GenerateRequest, RequestFailure, RequestOutput
+from services.types import GenerateRequest, RequestFailure
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,10 @@ class GatewayStream:
 
     def _start(self, request: GenerateRequest) -> None:
         if request.request_id in self._relays:
-            self._deliver(RequestFailure(request.request_id, STATUS_CODES["invalid"],
-                                         f"request id {request.request_id!r} is already in flight"))
+            self._outbox.put_nowait(RequestFailure(request.request_id, STATUS_CODES["invalid"],
+                                                   f"request id {request.request_id!r} is already in flight"))
             return
-        relay = asyncio.create_task(relay_request(self._core, request, self._deliver))
+        relay = asyncio.create_task(relay_request(self._core, request, self._outbox.put_nowait))
         self._relays[request.request_id] = relay
         relay.add_done_callback(lambda _: self._finished(request.request_id, relay))
 
@@ -89,6 +89,3 @@ class GatewayStream:
         if self._relays.get(request_id) is relay:
             del self._relays[request_id]
         self.end_if_idle()
-
-    def _deliver(self, item: RequestOutput | RequestFailure) -> None:
-        self._outbox.put_nowait(item)

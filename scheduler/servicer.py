@@ -23,7 +23,7 @@ class SchedulerServicer(codec.SchedulerServicer):
         self._streams: set[GatewayStream] = set()
 
     @property
-    def open_generates(self) -> int:
+    def open_requests(self) -> int:
         """Requests on gateway streams not yet done: relaying, or their last outputs not yet sent.
         A request leaves the core when its worker finishes it, but those outputs may still be on
         their way to a slow gateway: the drain waits for both."""

@@ -74,7 +74,7 @@ async def test_one_worker_step_reaches_the_gateway_as_one_batch_with_trace_conte
     assert await reading == [RequestOutput("a", [7]), RequestOutput("b", [8])]
     core.worker_outputs("w1", [RequestOutput("a", [9], finish_reason="stop"), RequestOutput("b", [10])])
     assert await gateway.batch() == [RequestOutput("a", [9], finish_reason="stop"), RequestOutput("b", [10])]
-    assert servicer.open_generates == 1, "b is still running"
+    assert servicer.open_requests == 1, "b is still running"
     await gateway.stream.aclose()
 
 
@@ -102,7 +102,7 @@ async def test_refusals_arrive_as_failures_and_a_finished_request_counts_by_its_
     assert "already in flight" in refusals[0].message and "does not exist" in refusals[1].message
     core.worker_outputs("w1", [RequestOutput("a", [1, 2, 3, 4], finish_reason="length")])
     assert await gateway.batch() == [RequestOutput("a", [1, 2, 3, 4], finish_reason="length")]
-    while servicer.open_generates:
+    while servicer.open_requests:
         await asyncio.sleep(0)
     assert _finished("length") - length_before == 1
     assert _finished("not_found", model="") - unknown_before == 1
@@ -118,7 +118,7 @@ async def test_a_gateway_gone_drops_all_its_requests():
     while core.in_flight:
         await asyncio.sleep(0)
     assert sorted(sent(worker)) == [("abort", "a"), ("abort", "b")]
-    assert servicer.open_generates == 0
+    assert servicer.open_requests == 0
 
 
 async def test_a_closing_scheduler_fails_what_is_left_and_ends_the_stream():

@@ -93,7 +93,7 @@ def build_step_inputs(
         workspace_step=workspace_step,
         prefills=prefills,
         decode_kernel=decode_kernel,
-        decode_step=decode_step if decode_kernel is not None else None,
+        decode_step=decode_step,
     )
     return StepInputs(
         input_ids=torch.tensor([token_ids], dtype=torch.long, device=device),
