@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from worker.engine.cpu_kernels import DecodeAttention, DecodeStep
+from worker.engine.cpu_kernels import CausalSoftmax, DecodeAttention, DecodeStep
 from worker.engine.kv_cache import KVCache
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class PagedAttentionMetadata:
     prefills: list[PrefillSlice]
     decode_kernel: DecodeAttention | None = None  # compiled CPU paged decode attention; None: SDPA
     decode_step: DecodeStep | None = None  # the kernel's write-then-attend, for steps without prefills
+    prefill_softmax: CausalSoftmax | None = None  # compiled bfloat16 prefill softmax; None: torch's
     _masks: dict = field(default_factory=dict)
 
     def decode_mask(self, sliding_window: int | None, dtype: torch.dtype) -> torch.Tensor:

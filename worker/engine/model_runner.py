@@ -9,14 +9,16 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
-from worker.engine.cpu_kernels import (decode_attention_kernel, decode_step_kernel, fused_layer_kernels,
-                                      greedy_argmax_kernel, kernel_supports)
+from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_step_kernel,
+                                      fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
+                                      rotary_embedding_kernel)
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.fused_layers import fuse_layers
 from worker.engine.fused_projections import share_projection_matmuls
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
 from worker.engine.packed_weights import can_pack, pack_linears
 from worker.engine.paged_attention import ATTENTION_NAME
+from worker.engine.rotary_attention import rotate_attention_embeddings
 from worker.engine.step_inputs import StepInputs
 from worker.engine_config import EngineConfig
 
@@ -46,21 +48,24 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
-        self.fused_modules = self.shared_matmuls = self.packed_linears = 0
+        self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
         groups = []
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
             groups = share_projection_matmuls(self.model)
             self.shared_matmuls = len(groups)
             kernels = fused_layer_kernels() if config.cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
+        rotary = rotary_embedding_kernel() if config.cpu_kernels and self.device.type == "cpu" else None
+        if rotary is not None:  # both dtypes: the kernel rounds exactly as torch's operations do
+            self.rotary_modules = rotate_attention_embeddings(self.model, rotary)
         # Last: the checks above run the modules on their plain weights, which packing releases.
         if config.packed_weights and can_pack(self.device, self.dtype):
             self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
         if self.device.type == "cpu":
             log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
-                     "%d linears (a group counted once) compute on packed weights",
-                     str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
-                     self.packed_linears)
+                     "%d attention modules rotate in one kernel, %d linears (a group counted once) compute "
+                     "on packed weights", str(self.dtype).removeprefix("torch."), self.shared_matmuls,
+                     self.fused_modules, self.rotary_modules, self.packed_linears)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)
@@ -75,6 +80,8 @@ class ModelRunner:
         self.decode_step = decode_step_kernel() if use_kernel else None  # the same, writes included
         on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
         self.argmax_kernel = greedy_argmax_kernel() if on_cpu_kernels else None  # None: torch's argmax
+        # Only bfloat16 prefill attention has a softmax of its own: float32 runs SDPA, as the oracle does.
+        self.prefill_softmax = causal_softmax_kernel() if on_cpu_kernels and self.dtype == torch.bfloat16 else None
         # Capping the workspace at the cache's size bounds the engine's KV memory at twice the
         # configured budget (it stays empty while the kernel runs).
         self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)

@@ -85,7 +85,7 @@ def paged_attention(
             keys = _gather(key_cache, chunk.context_rows, key_space, 1)[0, :, : chunk.context_len]
             values = _gather(value_cache, chunk.context_rows, value_space, 1)[0, :, : chunk.context_len]
         output[rows] = prefill_attention(queries[rows], keys, values, chunk.context_start, scaling, sliding_window,
-                                         partial(meta.prefill_mask, index, sliding_window))
+                                         partial(meta.prefill_mask, index, sliding_window), meta.prefill_softmax)
     return output.unsqueeze(0), None
 
 

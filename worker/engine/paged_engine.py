@@ -79,7 +79,7 @@ class PagedEngine:
         if not plan.decodes and not plan.prefills:
             return outputs
         inputs = build_step_inputs(plan, self.runner.kv_cache, self.runner.workspace, self.runner.device,
-                                   self.runner.decode_kernel, self.runner.decode_step)
+                                   self.runner.decode_kernel, self.runner.decode_step, self.runner.prefill_softmax)
         logits = self.runner.forward(inputs)
         for chunk in plan.chunks:
             chunk.seq.num_computed_tokens += chunk.num_tokens

@@ -12,6 +12,14 @@ Two implementations, equal up to rounding:
   as allocator.py arranges), SDPA took 1.8x the grouped time for a 256-token prompt, 1.5x for a
   2048-token chunk and 1.9x for a 64-token chunk after 512 cached tokens.
 
+With the compiled kernel (cpu_kernels/causal_softmax.cpp, `softmax`), the scale, mask and softmax
+are one in-place pass over the bfloat16 scores instead of five (a float32 copy, scale, mask,
+softmax, bfloat16 copy). Measured on bench-135m's shapes (9 heads, 3 KV heads, 2 threads, freed
+memory kept), 240 calls as for 8 prompts of 256 tokens over 30 layers: 107 -> 66 ms; a
+2048-token prompt over 30 layers 577 -> 315 ms; 960 calls of 64-token chunks after 512 cached
+tokens 259 -> 187 ms. Its exp is not torch's, so about one probability in 10,000 differs in its last
+bfloat16 bit.
+
 Tiles bound the float32 scores at `heads x QUERY_TILE x context`. Within a tile only the tile's own
 keys (the last `rows` context positions) can lie after a query, so the mask is one small triangle.
 """
@@ -24,6 +32,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from worker.engine.cpu_kernels import CausalSoftmax
+
 QUERY_TILE = 256
 
 
@@ -35,13 +45,15 @@ def prefill_attention(
     scaling: float | None,
     sliding_window: int | None,
     allowed: Callable[[], torch.Tensor],
+    softmax: CausalSoftmax | None = None,
 ) -> torch.Tensor:
     """`queries` `[q, heads, dim]` at positions `context_start ..`; `keys`/`values`
     `[kv_heads, context_start + q, dim]`; `allowed()` gives the `[q, context]` mask (True where a
-    query may attend; called only when the chunk has a prefix or a window). Returns `[q, heads, dim]`."""
+    query may attend; called only when the chunk has a prefix or a window); `softmax` the compiled
+    causal softmax for bfloat16 (None: torch's operations). Returns `[q, heads, dim]`."""
     scale = queries.shape[-1] ** -0.5 if scaling is None else scaling
     if queries.device.type == "cpu" and queries.dtype == torch.bfloat16 and sliding_window is None:
-        return _grouped_matmul_attention(queries, keys, values, context_start, scale)
+        return _grouped_matmul_attention(queries, keys, values, context_start, scale, softmax)
     plain_causal = context_start == 0 and sliding_window is None
     return _sdpa(queries, keys, values, None if plain_causal else allowed(), scale)
 
@@ -59,7 +71,7 @@ def _sdpa(queries, keys, values, allowed, scale):
     return output[0].transpose(0, 1)
 
 
-def _grouped_matmul_attention(queries, keys, values, context_start, scale):
+def _grouped_matmul_attention(queries, keys, values, context_start, scale, softmax):
     num_tokens, num_heads, head_dim = queries.shape
     num_kv_heads = keys.shape[0]
     group = num_heads // num_kv_heads
@@ -69,10 +81,14 @@ def _grouped_matmul_attention(queries, keys, values, context_start, scale):
         rows, context = last - first, context_start + last
         # [rows, heads, dim] -> [kv_heads, group * rows, dim]: query head h uses KV head h // group.
         tile = queries[first:last].transpose(0, 1).reshape(num_kv_heads, group * rows, head_dim)
-        scores = torch.bmm(tile, keys[:, :context].transpose(1, 2)).float()
-        scores = scores.view(num_kv_heads, group, rows, context).mul_(scale)
-        scores[..., context - rows:].add_(_causal_bias(rows, scores.device))
-        probs = scores.softmax(dim=-1).to(values.dtype).view(num_kv_heads, group * rows, context)
+        scores = torch.bmm(tile, keys[:, :context].transpose(1, 2))
+        if softmax is not None:
+            softmax(scores.view(num_kv_heads * group, rows, context), scale)  # in place: now probabilities
+            probs = scores
+        else:
+            scores = scores.float().view(num_kv_heads, group, rows, context).mul_(scale)
+            scores[..., context - rows:].add_(_causal_bias(rows, scores.device))
+            probs = scores.softmax(dim=-1).to(values.dtype).view(num_kv_heads, group * rows, context)
         tile_output = torch.bmm(probs, values[:, :context]).view(num_kv_heads, group, rows, head_dim)
         output[first:last].view(rows, num_kv_heads, group, head_dim).copy_(tile_output.permute(2, 0, 1, 3))
     return output

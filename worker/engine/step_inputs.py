@@ -8,7 +8,7 @@ import torch
 
 from worker.engine.kv_cache import KVCache
 from worker.engine.attention_metadata import PagedAttentionMetadata, PrefillSlice, gather_rows, write_rows
-from worker.engine.cpu_kernels import DecodeAttention, DecodeStep
+from worker.engine.cpu_kernels import CausalSoftmax, DecodeAttention, DecodeStep
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.scheduler import ScheduledChunk, SchedulerOutput
 
@@ -25,6 +25,7 @@ class StepInputs:
 def build_step_inputs(
     plan: SchedulerOutput, kv_cache: KVCache, workspace: DecodeWorkspace, device: torch.device,
     decode_kernel: DecodeAttention | None = None, decode_step: DecodeStep | None = None,
+    prefill_softmax: CausalSoftmax | None = None,
 ) -> StepInputs:
     """Rows: every decode token (in the workspace's row order when SDPA reads the workspace), then
     every prefill chunk's tokens."""
@@ -94,6 +95,7 @@ def build_step_inputs(
         prefills=prefills,
         decode_kernel=decode_kernel,
         decode_step=decode_step,
+        prefill_softmax=prefill_softmax,
     )
     return StepInputs(
         input_ids=torch.tensor([token_ids], dtype=torch.long, device=device),

@@ -1,12 +1,14 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-One extension of four sources: the AVX-512 paged decode attention (decode_attention.cpp), the
+One extension of six sources: the AVX-512 paged decode attention (decode_attention.cpp), the
 fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
-(greedy_argmax.cpp) and their Python bindings (bindings.cpp), with the exp and bfloat16 rounding
-the first two share in vector_math.h. `decode_attention_kernel()`, `fused_layer_kernels()` and
-`greedy_argmax_kernel()` return them when a build for these exact sources, compiler flags, torch
+(greedy_argmax.cpp), the rotary position embedding of queries and keys (rotary_embedding.cpp), the
+causal softmax of bfloat16 prefill scores (causal_softmax.cpp) and their Python bindings
+(bindings.cpp), with the exp and bfloat16 rounding they share in vector_math.h.
+`decode_attention_kernel()`, `fused_layer_kernels()`, `greedy_argmax_kernel()`,
+`rotary_embedding_kernel()` and `causal_softmax_kernel()` return them when a build for these exact sources, compiler flags, torch
 and Python exists and the CPU runs AVX-512; otherwise None, and the engine uses torch's own
-operations. A worker never compiles: building takes 20-40 s of one core and needs a C++ compiler,
+operations. A worker never compiles: building takes about a minute of two cores and needs a C++ compiler,
 so it happens once, in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build
 only costs speed.
 
@@ -32,7 +34,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "bindings.cpp"))
+                for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "rotary_embedding.cpp",
+                             "causal_softmax.cpp", "bindings.cpp"))
 HEADERS = (Path(__file__).with_name("vector_math.h"),)  # included by the sources
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
@@ -47,6 +50,15 @@ DecodeAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 # [1, tokens, heads, head_dim]: the new keys and values written, then paged_decode_attention.
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                        torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+# (q, k, cos, sin, head_dim) -> (q, k) rotated, [B, heads, T, head_dim] each; see rotary_embedding.cpp.
+RotaryEmbedding = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int],
+                           tuple[torch.Tensor, torch.Tensor]]
+
+
+# (scores [tiles, rows, context] bfloat16, scale): in place; see causal_softmax.cpp.
+CausalSoftmax = Callable[[torch.Tensor, float], None]
 
 
 @dataclass(frozen=True)
@@ -141,3 +153,15 @@ def greedy_argmax_kernel() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The compiled first-index-of-maximum over float32 logits rows (greedy_argmax.cpp), or None."""
     module = _extension()
     return module.greedy_argmax if module is not None else None
+
+
+def rotary_embedding_kernel() -> RotaryEmbedding | None:
+    """The compiled rotary position embedding, exactly torch's rounding (rotary_embedding.cpp), or None."""
+    module = _extension()
+    return module.rotary_embedding if module is not None else None
+
+
+def causal_softmax_kernel() -> CausalSoftmax | None:
+    """The compiled in-place causal softmax of bfloat16 prefill scores (causal_softmax.cpp), or None."""
+    module = _extension()
+    return module.causal_softmax_ if module is not None else None

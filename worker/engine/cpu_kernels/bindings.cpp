@@ -9,6 +9,9 @@ torch::Tensor paged_decode_step(torch::Tensor query, torch::Tensor key, torch::T
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up);
 torch::Tensor greedy_argmax(torch::Tensor logits);
+void causal_softmax_(torch::Tensor scores, double scale);
+std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch::Tensor k, torch::Tensor cos,
+                                                          torch::Tensor sin, int64_t head_dim);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention);
@@ -16,4 +19,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm);
   m.def("silu_mul", &silu_mul);
   m.def("greedy_argmax", &greedy_argmax);
+  m.def("rotary_embedding", &rotary_embedding);
+  m.def("causal_softmax_", &causal_softmax_);
 }
