@@ -120,3 +120,18 @@ def test_engines_rotate_in_the_kernel_in_both_dtypes(make_engine):
     layers = float32.runner.model_config.num_hidden_layers
     assert float32.runner.rotary_modules == bfloat16.runner.rotary_modules == layers
     assert make_engine(cpu_kernels=False).runner.rotary_modules == 0
+
+
+def test_angles_the_kernel_cannot_read_run_the_original_forward():
+    """A swapped module handed angles laid out otherwise than the kernel reads computes as before."""
+    model = _random_model(SAME_ATTENTION["llama"])
+    module = _attention_modules(model)[0]
+    hidden = torch.randn(1, 6, 64)
+    angles = torch.rand(1, 8, 6).repeat(1, 2, 1).transpose(1, 2)  # [1, 6, 16], not contiguous
+    strided = (angles.cos(), angles.sin())
+    assert not strided[0].is_contiguous()
+    with torch.inference_mode():
+        expected, _ = module(hidden, position_embeddings=strided, attention_mask=None)
+        assert rotate_attention_embeddings(model, rotary) == 2
+        actual, _ = module(hidden, position_embeddings=strided, attention_mask=None)
+    assert torch.equal(actual, expected)

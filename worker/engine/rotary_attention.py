@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _CHECK_NAME = "ferrum_rotary_check"  # the recording attention function the load-time check runs through
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _CHECK_TOKENS = 8
+_CHECK_HEADS = 3  # the rotation is per head: any count checks it
 
 
 def rotate_attention_embeddings(model: torch.nn.Module, rotary: RotaryEmbedding) -> int:
@@ -66,8 +67,8 @@ def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: 
     def forward(hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
         implementation = module.config._attn_implementation
-        if (past_key_values is not None or position_embeddings is None or hidden_states.dim() != 3
-                or implementation not in ALL_ATTENTION_FUNCTIONS or hidden_states.device.type != "cpu"):
+        if (past_key_values is not None or not _kernel_reads(hidden_states, position_embeddings)
+                or implementation not in ALL_ATTENTION_FUNCTIONS):
             return original(hidden_states=hidden_states, position_embeddings=position_embeddings,
                             attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
         input_shape = hidden_states.shape[:-1]
@@ -83,6 +84,15 @@ def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: 
         return module.o_proj(output), weights
 
     return forward
+
+
+def _kernel_reads(hidden_states: torch.Tensor, position_embeddings) -> bool:
+    """What the kernel takes (anything else, a multimodal rotary's extra axis say, runs the original)."""
+    if position_embeddings is None or hidden_states.dim() != 3 or hidden_states.device.type != "cpu":
+        return False
+    cos, sin = position_embeddings
+    return (cos.dim() == 3 and cos.dtype == hidden_states.dtype and sin.dtype == cos.dtype
+            and cos.is_contiguous() and sin.is_contiguous())
 
 
 def _window_argument(module: torch.nn.Module) -> dict:
@@ -118,8 +128,8 @@ def _agrees(module: torch.nn.Module, original: Callable, forward: Callable, rota
         cos, sin = _random_angles(module.head_dim, dtype, device)
         return (_rotation_is_exact(module, rotary, cos, sin)
                 and _forward_agrees(module, original, forward, cos, sin, dtype, device))
-    except (RuntimeError, ValueError, TypeError) as error:  # a shape the kernel or the check refuses
-        log.info("rotary kernel: check failed on %s (%s)", type(module).__name__, error)
+    except Exception as error:  # anything the kernel or the check cannot run: the module keeps its forward
+        log.info("rotary kernel: check failed on %s (%r)", type(module).__name__, error)
         return False
 
 
@@ -133,7 +143,7 @@ def _random_angles(head_dim: int, dtype: torch.dtype, device: torch.device) -> t
 
 def _rotation_is_exact(module, rotary, cos, sin) -> bool:
     head_dim = module.head_dim
-    rows = check_rows(2 * module.config.num_attention_heads * head_dim, cos.dtype, cos.device)
+    rows = check_rows(2 * _CHECK_HEADS * head_dim, cos.dtype, cos.device)
     queries, keys = rows.view(1, _CHECK_TOKENS, 2, -1).unbind(2)  # strided rows, as shared products are
     expected = _module_rotation(module)(queries.unflatten(-1, (-1, head_dim)).transpose(1, 2),
                                         keys.unflatten(-1, (-1, head_dim)).transpose(1, 2), cos, sin)
