@@ -119,12 +119,10 @@ def _module_rotation(module: torch.nn.Module) -> Callable | None:
 
 
 def _agrees(module: torch.nn.Module, original: Callable, forward: Callable, rotary: RotaryEmbedding) -> bool:
-    weight = module.q_proj.weight if isinstance(getattr(module.q_proj, "weight", None), torch.Tensor) else None
-    dtype = weight.dtype if weight is not None else next(module.parameters()).dtype
-    device = next(module.parameters()).device
-    if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
-        return False
     try:
+        dtype, device = module.q_proj.weight.dtype, module.q_proj.weight.device
+        if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+            return False
         cos, sin = _random_angles(module.head_dim, dtype, device)
         return (_rotation_is_exact(module, rotary, cos, sin)
                 and _forward_agrees(module, original, forward, cos, sin, dtype, device))
