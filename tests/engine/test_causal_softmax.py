@@ -54,3 +54,10 @@ def test_the_row_maximum_keeps_exp_in_range():
 def test_softmax_refuses_scores_it_cannot_read(scores, message):
     with pytest.raises(RuntimeError, match=message):
         softmax_(scores, 1.0)
+
+
+def test_only_bfloat16_engines_use_it(make_engine):
+    """float32 prefill attention stays SDPA, the computation the greedy oracle runs."""
+    assert make_engine(dtype="bfloat16").runner.prefill_softmax is softmax_
+    assert make_engine().runner.prefill_softmax is None
+    assert make_engine(dtype="bfloat16", cpu_kernels=False).runner.prefill_softmax is None
