@@ -8,7 +8,12 @@ by far more.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import torch
+
+log = logging.getLogger(__name__)
 
 CHECK_ROWS = 8
 TOLERANCE = 2.0**-6
@@ -26,3 +31,22 @@ def agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:
     expected, actual = expected.float(), actual.float()
     scale = expected.abs().max().clamp(min=1e-6)
     return bool(((actual - expected).abs().max() <= TOLERANCE * scale).item())
+
+
+def swap_agreeing_forwards(model: torch.nn.Module, faster_forward: Callable[[torch.nn.Module], Callable | None],
+                           agree: Callable[[torch.nn.Module, Callable], bool], what: str) -> int:
+    """Give each module for which `faster_forward` offers a forward, and whose check `agree(module,
+    forward)` passes (run while the module still has its own), that forward as an instance-level
+    one; a module that disagrees keeps its own, and the log says which. Returns how many were swapped."""
+    swapped = 0
+    for name, module in model.named_modules():
+        forward = faster_forward(module)
+        if forward is None:
+            continue
+        if agree(module, forward):
+            module.forward = forward
+            swapped += 1
+        else:
+            log.info("%s: %s (%s) computes something else; it keeps its own forward", what, name,
+                     type(module).__name__)
+    return swapped

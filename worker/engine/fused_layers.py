@@ -16,33 +16,19 @@ of 256 tokens, 64 tokens out, 2 threads, alternating runs): 91 modules swapped, 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import torch
 
-from worker.engine.agreement import agrees, check_rows
+from worker.engine.agreement import agrees, check_rows, swap_agreeing_forwards
 from worker.engine.cpu_kernels import FusedLayerKernels
-
-log = logging.getLogger(__name__)
 
 _SILU_CLASSES = {"SiLU", "SiLUActivation"}  # torch's and transformers' (ACT2FN["silu"])
 
 
 def fuse_layers(model: torch.nn.Module, kernels: FusedLayerKernels) -> int:
     """Swap every agreeing module's forward; returns how many were swapped."""
-    swapped = 0
-    for name, module in model.named_modules():
-        fused = _fused_forward(module, kernels)
-        if fused is None:
-            continue
-        if _agrees(module, fused):
-            module.forward = fused
-            swapped += 1
-        else:
-            log.info("fused layers: %s (%s) computes something else; it keeps its own forward",
-                     name, type(module).__name__)
-    return swapped
+    return swap_agreeing_forwards(model, lambda module: _fused_forward(module, kernels), _agrees, "fused layers")
 
 
 def _fused_forward(module: torch.nn.Module, kernels: FusedLayerKernels) -> Callable | None:

@@ -32,7 +32,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from worker.engine.agreement import agrees, check_rows
+from worker.engine.agreement import agrees, check_rows, swap_agreeing_forwards
 from worker.engine.cpu_kernels import RotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,13 @@ _CHECK_HEADS = 3  # the rotation is per head: any count checks it
 
 def rotate_attention_embeddings(model: torch.nn.Module, rotary: RotaryEmbedding) -> int:
     """Swap every agreeing attention module's forward; returns how many were swapped."""
-    swapped = 0
-    for name, module in model.named_modules():
-        if not _is_llama_shaped(module):
-            continue
-        original = module.forward
-        forward = _rotary_forward(module, rotary, original)
-        if _agrees(module, original, forward, rotary):
-            module.forward = forward
-            swapped += 1
-        else:
-            log.info("rotary kernel: %s (%s) computes something else; it keeps its own forward",
-                     name, type(module).__name__)
-    return swapped
+    def faster_forward(module: torch.nn.Module) -> Callable | None:
+        return _rotary_forward(module, rotary, module.forward) if _is_llama_shaped(module) else None
+
+    def agree(module: torch.nn.Module, forward: Callable) -> bool:
+        return _agrees(module, module.forward, forward, rotary)
+
+    return swap_agreeing_forwards(model, faster_forward, agree, "rotary kernel")
 
 
 def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: Callable) -> Callable:

@@ -130,16 +130,20 @@ def _extension():
     return module
 
 
+def _compiled(name: str) -> Callable | None:
+    """The extension's function `name`, or None when no build loads here."""
+    module = _extension()
+    return getattr(module, name) if module is not None else None
+
+
 def decode_attention_kernel() -> DecodeAttention | None:
     """The compiled paged decode attention, or None."""
-    module = _extension()
-    return module.paged_decode_attention if module is not None else None
+    return _compiled("paged_decode_attention")
 
 
 def decode_step_kernel() -> DecodeStep | None:
     """The compiled write-then-attend of a decode-only step (decode_attention.cpp), or None."""
-    module = _extension()
-    return module.paged_decode_step if module is not None else None
+    return _compiled("paged_decode_step")
 
 
 def fused_layer_kernels() -> FusedLayerKernels | None:
@@ -150,17 +154,14 @@ def fused_layer_kernels() -> FusedLayerKernels | None:
 
 def greedy_argmax_kernel() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The compiled first-index-of-maximum over float32 logits rows (greedy_argmax.cpp), or None."""
-    module = _extension()
-    return module.greedy_argmax if module is not None else None
+    return _compiled("greedy_argmax")
 
 
 def rotary_embedding_kernel() -> RotaryEmbedding | None:
     """The compiled rotary position embedding, exactly torch's rounding (rotary_embedding.cpp), or None."""
-    module = _extension()
-    return module.rotary_embedding if module is not None else None
+    return _compiled("rotary_embedding")
 
 
 def causal_softmax_kernel() -> CausalSoftmax | None:
     """The compiled in-place causal softmax of bfloat16 prefill scores (causal_softmax.cpp), or None."""
-    module = _extension()
-    return module.causal_softmax_ if module is not None else None
+    return _compiled("causal_softmax_")
