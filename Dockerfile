@@ -53,8 +53,9 @@ RUN mkdir -p services/_generated \
  && touch services/_generated/__init__.py \
  && pip install --no-deps --editable .
 
-# The AVX-512 kernels (worker/engine/cpu_kernels: decode attention, fused bfloat16 norm and MLP
-# activation), compiled here so that the runtime image needs no compiler. Workers load them only
+# The AVX-512 kernels (worker/engine/cpu_kernels: decode attention, greedy argmax, rotary embedding,
+# and for bfloat16 a fused norm, MLP activation and prefill softmax), compiled here so that the
+# runtime image needs no compiler. Workers load them only
 # on an AVX-512 CPU; a failed build is reported and costs only speed (torch's SDPA and operations
 # are used instead).
 # hadolint ignore=DL3008

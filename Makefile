@@ -29,8 +29,8 @@ $(GEN): protos/ferrum.proto $(STAMP)
 		--grpc_python_out=. --pyi_out=. services/_generated/ferrum.proto
 	touch services/_generated/__init__.py
 
-# The AVX-512 decode attention (worker/engine/cpu_kernels); a no-op when built, a warning when it
-# cannot be built (the engine then uses torch SDPA).
+# The AVX-512 kernels (worker/engine/cpu_kernels); a no-op when built, a warning when they cannot
+# be built (the engine then uses torch's SDPA and operations).
 kernels: $(STAMP)
 	$(PY) -m worker.engine.cpu_kernels
 
