@@ -49,13 +49,14 @@ class ModelRunner:
         ).to(self.device)
         self.model.eval()
         self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
+        on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
         groups = []
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
             groups = share_projection_matmuls(self.model)
             self.shared_matmuls = len(groups)
-            kernels = fused_layer_kernels() if config.cpu_kernels else None
+            kernels = fused_layer_kernels() if on_cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
-        rotary = rotary_embedding_kernel() if config.cpu_kernels and self.device.type == "cpu" else None
+        rotary = rotary_embedding_kernel() if on_cpu_kernels else None
         if rotary is not None:  # both dtypes: the kernel rounds exactly as torch's operations do
             self.rotary_modules = rotate_attention_embeddings(self.model, rotary)
         # Last: the checks above run the modules on their plain weights, which packing releases.
@@ -78,7 +79,6 @@ class ModelRunner:
         # the workspace's contiguous copies of the decoding contexts.
         self.decode_kernel = decode_attention_kernel() if use_kernel else None
         self.decode_step = decode_step_kernel() if use_kernel else None  # the same, writes included
-        on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
         self.argmax_kernel = greedy_argmax_kernel() if on_cpu_kernels else None  # None: torch's argmax
         # Only bfloat16 prefill attention has a softmax of its own: float32 runs SDPA, as the oracle does.
         self.prefill_softmax = causal_softmax_kernel() if on_cpu_kernels and self.dtype == torch.bfloat16 else None

@@ -136,8 +136,6 @@ class Sampler:
         return tokens
 
 
-
-
 def _param_tensor(
     rows: Sequence[SamplingRow], device: torch.device, name: str, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:

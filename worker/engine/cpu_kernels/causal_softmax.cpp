@@ -24,43 +24,26 @@
 
 namespace {
 
-constexpr int64_t kLanes = 16;
-
-inline __mmask16 lanes(int64_t count) {
-  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
-inline __m512 load(const c10::BFloat16* p, __mmask16 mask) {
-  __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-inline void store(c10::BFloat16* p, __m512 x, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16)));
-}
-
-// exp for x <= 0 (scores minus their row's maximum); below -87.3 it gives ~1e-38, not 0.
-inline __m512 exp16(__m512 x) { return exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(-87.3f))); }
-
 // One row: its first `allowed` entries become probabilities, the rest of its `context` zeros. The
 // unnormalised exps wait in `held` (room for `allowed` rounded up to 16) rather than being computed twice.
 void softmax_row(c10::BFloat16* row, int64_t allowed, int64_t context, __m512 scale, float* held) {
   __m512 peak = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < allowed; j += kLanes) {
     const __mmask16 mask = lanes(allowed - j);
-    peak = _mm512_mask_max_ps(peak, mask, peak, _mm512_mul_ps(load(row + j, mask), scale));
+    peak = _mm512_mask_max_ps(peak, mask, peak, _mm512_mul_ps(load_lanes(row + j, mask), scale));
   }
   const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
   __m512 total = _mm512_setzero_ps();
   for (int64_t j = 0; j < allowed; j += kLanes) {
     const __mmask16 mask = lanes(allowed - j);
-    __m512 e = _mm512_maskz_mov_ps(mask, exp16(_mm512_sub_ps(_mm512_mul_ps(load(row + j, mask), scale), top)));
+    const __m512 scaled = _mm512_mul_ps(load_lanes(row + j, mask), scale);
+    __m512 e = _mm512_maskz_mov_ps(mask, exp16_nonpositive(_mm512_sub_ps(scaled, top)));
     _mm512_storeu_ps(held + j, e);
     total = _mm512_add_ps(total, e);
   }
   const __m512 inverse = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
   for (int64_t j = 0; j < allowed; j += kLanes) {
-    store(row + j, _mm512_mul_ps(_mm512_loadu_ps(held + j), inverse), lanes(allowed - j));
+    store_lanes(row + j, _mm512_mul_ps(_mm512_loadu_ps(held + j), inverse), lanes(allowed - j));
   }
   std::fill(row + allowed, row + context, c10::BFloat16(0.f));
 }

@@ -20,26 +20,7 @@
 
 namespace {
 
-constexpr int64_t kLanes = 16;
 constexpr int64_t kGrainElements = 1 << 14;  // below this a call stays on one thread
-
-inline __mmask16 lanes(int64_t count) {
-  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
-inline __m512 load(const c10::BFloat16* p, __mmask16 mask) {
-  __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// x rounded to bfloat16 precision, kept in float32 for further arithmetic.
-inline __m512 round_to_bf16(__m512 x) {
-  return _mm512_castsi512_ps(_mm512_and_si512(bf16_rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-
-inline void store(c10::BFloat16* p, __m512 x, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16)));
-}
 
 // exp over float32's whole range: past it the result saturates to 0 or inf, as expf's does.
 inline __m512 exp16(__m512 x) {
@@ -75,15 +56,15 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
       const c10::BFloat16* in = xp + row * n;
       __m512 squares = _mm512_setzero_ps();
       for (int64_t i = 0; i < n; i += kLanes) {
-        __m512 v = load(in + i, lanes(n - i));
+        __m512 v = load_lanes(in + i, lanes(n - i));
         squares = _mm512_fmadd_ps(v, v, squares);
       }
       const float inverse_rms = 1.f / std::sqrt(_mm512_reduce_add_ps(squares) / static_cast<float>(n) + epsilon);
       const __m512 scale = _mm512_set1_ps(inverse_rms);
       for (int64_t i = 0; i < n; i += kLanes) {
         const __mmask16 mask = lanes(n - i);
-        __m512 normed = round_to_bf16(_mm512_mul_ps(load(in + i, mask), scale));
-        store(op + row * n + i, _mm512_mul_ps(load(wp + i, mask), normed), mask);
+        __m512 normed = round_to_bf16(_mm512_mul_ps(load_lanes(in + i, mask), scale));
+        store_lanes(op + row * n + i, _mm512_mul_ps(load_lanes(wp + i, mask), normed), mask);
       }
     }
   });
@@ -111,10 +92,10 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
       const c10::BFloat16* u_row = upp + row * up_stride;
       for (int64_t i = 0; i < n; i += kLanes) {
         const __mmask16 mask = lanes(n - i);
-        __m512 g = load(g_row + i, mask);
+        __m512 g = load_lanes(g_row + i, mask);
         __m512 denominator = _mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g)));
         __m512 silu = round_to_bf16(_mm512_div_ps(g, denominator));
-        store(op + row * n + i, _mm512_mul_ps(silu, load(u_row + i, mask)), mask);
+        store_lanes(op + row * n + i, _mm512_mul_ps(silu, load_lanes(u_row + i, mask)), mask);
       }
     }
   });

@@ -11,15 +11,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include "vector_math.h"
 #include <limits>
 
 namespace {
-
-constexpr int64_t kLanes = 16;
-
-inline __mmask16 lanes(int64_t count) {
-  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
 
 int64_t first_index_of_max(const float* row, int64_t vocab) {
   const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());

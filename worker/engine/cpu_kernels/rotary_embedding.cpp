@@ -26,29 +26,11 @@
 
 namespace {
 
-constexpr int64_t kLanes = 16;
 constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-
-inline __mmask16 lanes(int64_t count) {
-  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
-}
-
-inline __m512 load(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
-inline __m512 load(const c10::BFloat16* p, __mmask16 mask) {
-  __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
 
 // To the dtype's precision: float32 results are already rounded; bfloat16 ones round here.
 inline __m512 round_to(__m512 x, const float*) { return x; }
-inline __m512 round_to(__m512 x, const c10::BFloat16*) {
-  return _mm512_castsi512_ps(_mm512_and_si512(bf16_rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-
-inline void store(float* p, __m512 x, __mmask16 mask) { _mm512_mask_storeu_ps(p, mask, x); }
-inline void store(c10::BFloat16* p, __m512 x, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16)));
-}
+inline __m512 round_to(__m512 x, const c10::BFloat16*) { return round_to_bf16(x); }
 
 // a * b + c * d with each product and the sum rounded to T, as torch's mul, mul, add are.
 template <typename T>
@@ -82,11 +64,11 @@ void rotate_heads(const torch::Tensor& x, const torch::Tensor& cos, const torch:
         T* o = op + ((b * heads + h) * T_len + t) * head_dim;
         for (int64_t i = 0; i < half; i += kLanes) {
           const __mmask16 mask = lanes(half - i);
-          __m512 x1 = load(in + i, mask), x2 = load(in + half + i, mask);
+          __m512 x1 = load_lanes(in + i, mask), x2 = load_lanes(in + half + i, mask);
           // rotate_half(x) is (-x2, x1): out1 = x1 cos1 + (-x2) sin1, out2 = x2 cos2 + x1 sin2.
           __m512 minus_x2 = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x2), _mm512_set1_epi32(INT32_MIN)));
-          store(o + i, rotate(x1, load(c + i, mask), minus_x2, load(s + i, mask), tag), mask);
-          store(o + half + i, rotate(x2, load(c + half + i, mask), x1, load(s + half + i, mask), tag), mask);
+          store_lanes(o + i, rotate(x1, load_lanes(c + i, mask), minus_x2, load_lanes(s + i, mask), tag), mask);
+          store_lanes(o + half + i, rotate(x2, load_lanes(c + half + i, mask), x1, load_lanes(s + half + i, mask), tag), mask);
         }
       }
     }

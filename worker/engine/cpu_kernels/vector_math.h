@@ -1,6 +1,15 @@
 // Vector arithmetic the CPU kernels share.
 #pragma once
+#include <c10/util/BFloat16.h>
 #include <immintrin.h>
+#include <cstdint>
+
+constexpr int64_t kLanes = 16;  // float32 values in one AVX-512 register
+
+// The first `count` of a register's 16 lanes (all of them from 16 on): a row's tail.
+inline __mmask16 lanes(int64_t count) {
+  return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+}
 
 // float32 rounded to nearest even at bfloat16 precision, as torch's conversion does: the bfloat16
 // value is the upper 16 bits of the result.
@@ -26,3 +35,25 @@ inline __m512 exp16_in_range(__m512 x) {
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_scalef_ps(p, n);
 }
+
+// x rounded to bfloat16 precision, kept in float32 for further arithmetic.
+inline __m512 round_to_bf16(__m512 x) {
+  return _mm512_castsi512_ps(_mm512_and_si512(bf16_rounded_bits(x), _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// The lanes in `mask` of 16 values as float32 (bfloat16 widened exactly), the others 0.
+inline __m512 load_lanes(const float* p, __mmask16 mask) { return _mm512_maskz_loadu_ps(mask, p); }
+inline __m512 load_lanes(const c10::BFloat16* p, __mmask16 mask) {
+  __m256i bits = _mm256_maskz_loadu_epi16(mask, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// The lanes in `mask` stored in the pointer's dtype (bfloat16 rounded to nearest even).
+inline void store_lanes(float* p, __m512 x, __mmask16 mask) { _mm512_mask_storeu_ps(p, mask, x); }
+inline void store_lanes(c10::BFloat16* p, __m512 x, __mmask16 mask) {
+  _mm256_mask_storeu_epi16(p, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rounded_bits(x), 16)));
+}
+
+// exp for x <= 0 (softmax inputs after subtracting the maximum). Inputs below -87.3 (padding's
+// -inf included) give exp(-87.3) ~ 1e-38 rather than 0: nothing beside the maximum's exp(0) = 1 in a sum.
+inline __m512 exp16_nonpositive(__m512 x) { return exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(-87.3f))); }
