@@ -73,6 +73,25 @@ def test_matches_sdpa_over_the_gathered_blocks_for_ragged_contexts(dtype, tolera
 
 
 @needs_kernel
+@pytest.mark.parametrize("batch, kv_heads", [(1, 3), (1, 4), (2, 5), (3, 1)])
+def test_few_sequences_split_their_heads_between_threads_and_give_the_same_result(batch, kv_heads):
+    q, k, v, tables = _case(batch, kv_heads, 2, 32, 60, torch.float32, seed=4)
+    ends = torch.tensor([60, 23, 41][:batch])
+    starts = torch.zeros_like(ends)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3, 8):  # 1: one item per sequence; more: a sequence's heads in parts
+            torch.set_num_threads(count)
+            results.append(kernel(q, k, v, tables, starts, ends, 0.2))
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(results[0], _reference(q, k, v, tables, starts, ends, 0.2), atol=2e-6, rtol=2e-6)
+    for result in results[1:]:
+        assert torch.equal(result, results[0])
+
+
+@needs_kernel
 def test_unused_table_entries_are_never_read():
     q, k, v, tables = _case(2, 2, 2, 32, 40, torch.float32, seed=3)
     ends = torch.tensor([9, 40])

@@ -127,6 +127,14 @@ def test_a_sequence_tail_is_evicted_before_its_prefix():
     assert match(pool, [1, 2, 3, 4, 5, 6]) == blocks[:2]
 
 
+def test_blocks_taken_together_come_in_ascending_order_though_eviction_takes_the_tail_first():
+    pool = BlockPool(3)
+    blocks = cache_prompt(pool, [1, 2, 3, 4, 5, 6])
+    pool.free(blocks)  # evictable tail first: 2, 1, 0
+    assert pool.allocate(3) == [0, 1, 2]  # so a new sequence's blocks lie in memory in reading order
+    assert pool.num_cached == 0
+
+
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="lru"):
         BlockPool(4, eviction_policy="random")
@@ -159,7 +167,7 @@ def test_a_child_of_an_evicted_parent_is_never_matched_and_gets_replaced():
     blocks = cache_prompt(pool, [1, 2, 3, 4])
     pool.acquire([blocks[1]])  # keep the child alive while its parent is evicted
     pool.free(blocks)
-    assert pool.allocate(2) == [2, blocks[0]]
+    assert pool.allocate(2) == [blocks[0], 2]  # the empty block 2, then the evicted parent; ascending
     assert match(pool, [1, 2, 3, 4]) == []
     pool.free([2, blocks[0]])
     again = cache_prompt(pool, [1, 2])  # the parent content comes back in another block...

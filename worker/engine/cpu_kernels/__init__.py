@@ -5,7 +5,8 @@ fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax o
 (greedy_argmax.cpp), the rotary position embedding of queries and keys (rotary_embedding.cpp), the
 causal softmax of bfloat16 prefill scores (causal_softmax.cpp) and their Python bindings
 (bindings.cpp), with what they share (exp, bfloat16 rounding, masked loads and stores of a row's
-tail) in vector_math.h. The functions below return them when a build for these exact sources,
+tail) in vector_math.h and the decode kernel's block reading order and prefetch in
+block_read_order.h. The functions below return them when a build for these exact sources,
 compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise None, and the engine
 uses torch's own operations. A worker never compiles: building takes about a minute of two cores
 and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "rotary_embedding.cpp",
                              "causal_softmax.cpp", "bindings.cpp"))
-HEADERS = (Path(__file__).with_name("vector_math.h"),)  # included by the sources
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "block_read_order.h"))  # #included
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)

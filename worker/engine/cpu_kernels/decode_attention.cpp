@@ -8,8 +8,8 @@
 // read of K and V, so this follows the block table, reads each key and value row once where it
 // lies, converts bfloat16 to float32 in registers, and accumulates in float32 (the same precision
 // SDPA's CPU kernel uses). Blocks shared by several sequences (a common prefix) are read by each of
-// them from the same memory. Two passes per (sequence, KV head): scores and softmax, then the
-// weighted sum of values.
+// them from the same memory. Two passes per sequence, each over its blocks with all KV heads of a
+// block together: scores and softmax, then the weighted sum of values.
 //
 // Contract (checked in paged_decode_attention below and in Python before the call):
 //   q             [B, H, G, D]  float32 or bfloat16, D a multiple of 16 and <= 256, G <= 16
@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include "vector_math.h"
+#include "block_read_order.h"
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -30,81 +31,6 @@ namespace {
 
 constexpr int64_t kMaxChunks = 16;  // head_dim <= 256
 constexpr int64_t kMaxGroup = 16;
-// Software prefetch. A (sequence, head) is short contiguous runs (one block each) with jumps
-// between them, which the hardware prefetcher follows too late: while reading row i of a block,
-// fetch row i of the block `blocks_ahead` further on. Measured on the 135M model's shapes (reading
-// contiguous rows, 4 KB ahead), fp32 decode attention went from 8 to 15 GB/s (2 threads).
-// bfloat16 rows are half as long, so one block ahead hid too little of the memory's latency; its
-// plan fetches 8 KB ahead, starts on a sequence's first blocks at once, fetches the values during
-// the key pass (they are read right after it) and, during the value pass, the next (sequence,
-// head)'s first blocks. Measured (bench-135m shapes, 32 sequences of 320 tokens, 30 layers' caches,
-// blocks scattered, 2 threads, variants interleaved in one process): 10.4-11.7 -> 8.4-8.8 ms a
-// step, and with each sequence's blocks in order 9.4-9.6 -> 7.5-7.6 ms. In float32 the same plan
-// was 6% faster with scattered blocks but 12% slower with ordered ones, so float32 keeps one block.
-template <typename T>
-struct PrefetchPlan {
-  static constexpr int64_t kBytesAhead = 0;  // one block
-  static constexpr bool kEager = false;
-};
-template <>
-struct PrefetchPlan<c10::BFloat16> {
-  static constexpr int64_t kBytesAhead = 8192;
-  static constexpr bool kEager = true;
-};
-
-template <typename T>
-inline int64_t blocks_ahead(int64_t block_size, int64_t head_dim) {
-  const int64_t block_bytes = block_size * head_dim * static_cast<int64_t>(sizeof(T));
-  return std::max<int64_t>(1, PrefetchPlan<T>::kBytesAhead / block_bytes);
-}
-
-template <typename T>
-inline void prefetch_row(const T* row, int64_t head_dim) {
-  const char* bytes = reinterpret_cast<const char*>(row);
-  for (int64_t line = 0; line < head_dim * static_cast<int64_t>(sizeof(T)); line += 64)
-    _mm_prefetch(bytes + line, _MM_HINT_T0);
-}
-
-// One head's rows of the blocks table[from] .. table[to - 1].
-template <typename T>
-inline void prefetch_blocks(const T* cache, int64_t block_stride, int64_t head_offset, int64_t row_stride,
-                            int64_t block_size, const int64_t* table, int64_t from, int64_t to, int64_t head_dim) {
-  for (int64_t slot = from; slot < to; ++slot)
-    for (int64_t i = 0; i < block_size; ++i)
-      prefetch_row(cache + table[slot] * block_stride + head_offset + i * row_stride, head_dim);
-}
-
-// Walks one sequence's positions [first, end) block by block: calls visit(t, row) for every
-// position in order, row pointing at its head_dim values, and prefetches ahead (PrefetchPlan).
-// `also` (or nullptr): a second cache of the same layout to be read next at the same positions
-// (the values, during the key pass), prefetched alongside under an eager plan.
-template <typename T, typename Visit>
-inline void for_each_row(const T* cache, const T* also, int64_t block_stride, int64_t head_offset,
-                         int64_t row_stride, int64_t block_size, const int64_t* table, int64_t first, int64_t end,
-                         int64_t head_dim, Visit visit) {
-  constexpr bool eager = PrefetchPlan<T>::kEager;
-  const int64_t distance = blocks_ahead<T>(block_size, head_dim);
-  const int64_t first_slot = first / block_size, last_slot = (end - 1) / block_size;
-  if (eager) {  // the blocks before the first one the loop below fetches
-    const int64_t to = std::min(first_slot + distance, last_slot + 1);
-    prefetch_blocks(cache, block_stride, head_offset, row_stride, block_size, table, first_slot + 1, to, head_dim);
-    if (also) prefetch_blocks(also, block_stride, head_offset, row_stride, block_size, table, first_slot, to, head_dim);
-  }
-  for (int64_t t = first; t < end;) {
-    const int64_t slot = t / block_size, offset = t % block_size;
-    const int64_t count = std::min(block_size - offset, end - t);
-    const T* row = cache + table[slot] * block_stride + head_offset + offset * row_stride;
-    const bool more = slot + distance <= last_slot;
-    const int64_t ahead = more ? table[slot + distance] * block_stride + head_offset : 0;  // its row 0
-    for (int64_t i = 0; i < count; ++i, ++t, row += row_stride) {
-      if (more) {
-        prefetch_row(cache + ahead + i * row_stride, head_dim);
-        if (eager && also) prefetch_row(also + ahead + i * row_stride, head_dim);
-      }
-      visit(t - first, row);
-    }
-  }
-}
 
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const c10::BFloat16* p) {
@@ -149,52 +75,73 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
-  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
-  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores;
+  // k and v share one contiguous layout (checked by the caller): [N, H, S, D]
+  const int64_t block_stride = k.stride(0), head_stride = k.stride(1), row_stride = k.stride(2);
+  const int64_t per_head = G * chunks;  // registers of one KV head's queries (or sums)
+  // Split the heads only when sequences are too few for two items a thread (one long context).
+  const int64_t wanted = std::min<int64_t>(H, (2 * at::get_num_threads() + B - 1) / B);
+  const int64_t heads_per_part = (H + wanted - 1) / wanted;
+  const int64_t parts = (H + heads_per_part - 1) / heads_per_part;  // none of them empty
+  at::parallel_for(0, B * parts, 1, [&](int64_t begin, int64_t end) {
+    const ReadOrder<T> order{kp, vp, block_stride, head_stride, S, tables, table_width, starts, ends,
+                             parts, heads_per_part, H, end};
+    std::vector<float> scores;  // [H][G][padded]: scores, then softmax weights in place
+    std::vector<__m512> queries(H * per_head), sums(H * per_head);
+    std::vector<float> inverse(H * G);
     __m512 query[kMaxGroup * kMaxChunks];
     __m512 acc[kMaxGroup * kMaxChunks];
-    __m512 tile[kMaxGroup * kLanes];  // [head][row % 16]: partial dot products awaiting their sums
+    __m512 tile[kMaxGroup * kLanes];  // [query head][row % 16]: partial dot products awaiting their sums
+    for (int64_t i = 0; i < kBlocksAhead; ++i) {  // the first blocks, which no earlier read fetches
+      if (const T* block = order.block_after(begin, false, 0, i)) prefetch_range(block, order.item_span(begin));
+    }
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / H, h = item % H;
+      const int64_t b = order.sequence(item), h0 = order.first_head(item), h1 = order.end_head(item);
       const int64_t first = starts[b], len = ends[b] - first;
       const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
-      const int64_t* table = tables + b * table_width;
-      scores.assign(G * padded, -INFINITY);
-      float* score = scores.data();
-      const T* qbase = qp + (b * H + h) * G * D;
-      for (int64_t i = 0; i < G * chunks; ++i) query[i] = _mm512_mul_ps(load16(qbase + i * kLanes), _mm512_set1_ps(scale));
-      // Each key row leaves one vector of partial dot products per query head; every 16 rows
-      // (and at the end) a tile of them is summed at once into 16 scores. Against one reduction
-      // per row: 17.5 -> 14.3 ms a step in bfloat16 on the shapes measured below.
-      for_each_row(kp, vp, ks0, h * ks1, ks2, S, table, first, ends[b], D, [&](int64_t t, const T* key_row) {
-        const int64_t slot = t % kLanes;
-        __m512* dots = tile + slot;
-        for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_setzero_ps();
-        for (int64_t c = 0; c < chunks; ++c) {
-          __m512 key = load16(key_row + c * kLanes);
-          for (int64_t g = 0; g < G; ++g)
-            dots[g * kLanes] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g * kLanes]);
-        }
-        if (slot == kLanes - 1 || t == len - 1) {
-          const __mmask16 rows = static_cast<__mmask16>((1u << (slot + 1)) - 1);
-          for (int64_t g = 0; g < G; ++g) {
-            for (int64_t i = slot + 1; i < kLanes; ++i) tile[g * kLanes + i] = _mm512_setzero_ps();
-            _mm512_mask_storeu_ps(score + g * padded + t - slot, rows, sum16x16(tile + g * kLanes));
+      const int64_t first_slot = order.first_slot(item), blocks = order.block_count(item);
+      scores.assign(H * G * padded, -INFINITY);
+      const T* qbase = qp + b * H * G * D;
+      for (int64_t i = h0 * per_head; i < h1 * per_head; ++i)
+        queries[i] = _mm512_mul_ps(load16(qbase + i * kLanes), _mm512_set1_ps(scale));
+      // Block i holds positions [t0, t0 + S) of which rows [r0, r1) are in the range attended to.
+      auto rows_of = [&](int64_t i, int64_t& r0, int64_t& r1) {
+        const int64_t t0 = (first_slot + i) * S;
+        r0 = std::max<int64_t>(first - t0, 0);
+        r1 = std::min<int64_t>(ends[b] - t0, S);
+        return t0;
+      };
+      for (int64_t i = 0; i < blocks; ++i) {  // scores: each key row once, the item's heads of a block together
+        int64_t r0, r1;
+        const int64_t t0 = rows_of(i, r0, r1);
+        const T* block = order.block(item, false, i);
+        const T* ahead = order.block_after(item, false, i, kBlocksAhead);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t j = 0; j < per_head; ++j) query[j] = queries[h * per_head + j];
+          // Each key row leaves one vector of partial dot products per query head; every 16 rows
+          // a tile of them is summed at once into 16 scores. Against one reduction per row:
+          // 17.5 -> 14.3 ms a step in bfloat16 on bench-135m's shapes.
+          for (int64_t r = r0; r < r1; r += kLanes) {
+            const int64_t n = std::min<int64_t>(kLanes, r1 - r);
+            for (int64_t row = 0; row < n; ++row) {
+              const int64_t offset = (h - h0) * head_stride + (r + row) * row_stride;
+              if (ahead) prefetch_range(ahead + offset, D);
+              __m512* dots = tile + row;
+              for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_setzero_ps();
+              for (int64_t c = 0; c < chunks; ++c) {
+                __m512 key = load16(block + offset + c * kLanes);
+                for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g * kLanes]);
+              }
+            }
+            for (int64_t g = 0; g < G; ++g) {
+              for (int64_t row = n; row < kLanes; ++row) tile[g * kLanes + row] = _mm512_setzero_ps();
+              _mm512_mask_storeu_ps(scores.data() + (h * G + g) * padded + t0 + r - first, lanes(n),
+                                    sum16x16(tile + g * kLanes));
+            }
           }
         }
-      });
-      if (PrefetchPlan<T>::kEager && item + 1 < end) {  // the next (sequence, head)'s first blocks
-        const int64_t next_b = (item + 1) / H, next_h = (item + 1) % H;
-        const int64_t from = starts[next_b] / S;
-        const int64_t to = std::min(from + blocks_ahead<T>(S, D), (ends[next_b] - 1) / S + 1);
-        prefetch_blocks(kp, ks0, next_h * ks1, ks2, S, tables + next_b * table_width, from, to, D);
-        prefetch_blocks(vp, vs0, next_h * vs1, vs2, S, tables + next_b * table_width, from, to, D);
       }
-      __m512 inverse[kMaxGroup];
-      for (int64_t g = 0; g < G; ++g) {
-        float* s = score + g * padded;
+      for (int64_t hg = h0 * G; hg < h1 * G; ++hg) {  // softmax over each query head's scores
+        float* s = scores.data() + hg * padded;
         __m512 peak = _mm512_set1_ps(-INFINITY);
         for (int64_t t = 0; t < padded; t += kLanes) peak = _mm512_max_ps(peak, _mm512_loadu_ps(s + t));
         __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(peak));
@@ -204,24 +151,34 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
           _mm512_storeu_ps(s + t, e);
           total = _mm512_add_ps(total, e);
         }
-        inverse[g] = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(total));
+        inverse[hg] = 1.f / _mm512_reduce_add_ps(total);
       }
-      for (int64_t i = 0; i < G * chunks; ++i) acc[i] = _mm512_setzero_ps();
-      const T* no_second_cache = nullptr;
-      for_each_row(vp, no_second_cache, vs0, h * vs1, vs2, S, table, first, ends[b], D,
-                   [&](int64_t t, const T* value_row) {
-        __m512 weights[kMaxGroup];  // broadcast once per row, not once per chunk
-        for (int64_t g = 0; g < G; ++g) weights[g] = _mm512_set1_ps(score[g * padded + t]);
-        for (int64_t c = 0; c < chunks; ++c) {
-          __m512 value = load16(value_row + c * kLanes);
-          for (int64_t g = 0; g < G; ++g)
-            acc[g * chunks + c] = _mm512_fmadd_ps(weights[g], value, acc[g * chunks + c]);
+      for (int64_t i = h0 * per_head; i < h1 * per_head; ++i) sums[i] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < blocks; ++i) {  // the weighted sum of values, block by block
+        int64_t r0, r1;
+        const int64_t t0 = rows_of(i, r0, r1);
+        const T* block = order.block(item, true, i);
+        const T* ahead = order.block_after(item, true, i, kBlocksAhead);
+        for (int64_t h = h0; h < h1; ++h) {
+          for (int64_t j = 0; j < per_head; ++j) acc[j] = sums[h * per_head + j];
+          const float* weight = scores.data() + h * G * padded + t0 - first;
+          for (int64_t r = r0; r < r1; ++r) {
+            const int64_t offset = (h - h0) * head_stride + r * row_stride;
+            if (ahead) prefetch_range(ahead + offset, D);
+            __m512 weights[kMaxGroup];  // broadcast once per row, not once per chunk
+            for (int64_t g = 0; g < G; ++g) weights[g] = _mm512_set1_ps(weight[g * padded + r]);
+            for (int64_t c = 0; c < chunks; ++c) {
+              __m512 value = load16(block + offset + c * kLanes);
+              for (int64_t g = 0; g < G; ++g) acc[g * chunks + c] = _mm512_fmadd_ps(weights[g], value, acc[g * chunks + c]);
+            }
+          }
+          for (int64_t j = 0; j < per_head; ++j) sums[h * per_head + j] = acc[j];
         }
-      });
-      T* obase = op + (b * H + h) * G * D;
-      for (int64_t g = 0; g < G; ++g)
+      }
+      T* obase = op + b * H * G * D;
+      for (int64_t hg = h0 * G; hg < h1 * G; ++hg)
         for (int64_t c = 0; c < chunks; ++c)
-          store16(obase + (g * chunks + c) * kLanes, _mm512_mul_ps(acc[g * chunks + c], inverse[g]));
+          store16(obase + hg * D + c * kLanes, _mm512_mul_ps(sums[hg * chunks + c], _mm512_set1_ps(inverse[hg])));
     }
   });
 }
