@@ -25,6 +25,15 @@ def check_rows(width: int, dtype: torch.dtype, device: torch.device) -> torch.Te
     return torch.randn(CHECK_ROWS, width, generator=generator, device=device).to(dtype)
 
 
+def check_angles(head_dim: int, tokens: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin `[1, tokens, head_dim]` of random rotary angles (the halves equal, as RoPE's are),
+    the same on every call."""
+    generator = torch.Generator(device=device).manual_seed(1)
+    angles = torch.rand(1, tokens, head_dim // 2, generator=generator, device=device) * 100
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
 def agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:
     if actual.shape != expected.shape:
         return False

@@ -43,13 +43,15 @@ def _fused_forward(module: torch.nn.Module, kernels: FusedLayerKernels) -> Calla
         return rms_norm_forward
     if _is_silu_mlp(module):
         original = module.forward
+        gate_proj, up_proj, down_proj = module.gate_proj, module.up_proj, module.down_proj
 
         def mlp_forward(x: torch.Tensor) -> torch.Tensor:
             if x.dtype != torch.bfloat16:
                 return original(x)
             # Slices of one shared product (fused_projections) arrive with strided rows, as they are.
-            gate, up = module.gate_proj(x), module.up_proj(x)
-            return module.down_proj(kernels.silu_mul(gate, up))
+            # The projections' forwards are called directly (direct_layer.py says why and when that is safe).
+            gate, up = gate_proj.forward(x), up_proj.forward(x)
+            return down_proj.forward(kernels.silu_mul(gate, up))
 
         return mlp_forward
     return None

@@ -13,6 +13,7 @@ from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_k
                                       fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
                                       rotary_embedding_kernel)
 from worker.engine.decode_workspace import DecodeWorkspace
+from worker.engine.direct_layer import call_layers_directly, has_hooks
 from worker.engine.fused_layers import fuse_layers
 from worker.engine.fused_projections import share_projection_matmuls
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
@@ -48,25 +49,31 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
-        self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
+        self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = self.direct_layers = 0
         on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
+        # The forwards swapped below call modules' forwards directly, skipping module hooks; a
+        # model that has hooks (accelerate's offloading, say) keeps transformers' forwards.
+        swaps = not has_hooks(self.model)
         groups = []
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+        if swaps and self.device.type == "cpu" and self.dtype == torch.bfloat16:
             groups = share_projection_matmuls(self.model)
             self.shared_matmuls = len(groups)
             kernels = fused_layer_kernels() if on_cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
-        rotary = rotary_embedding_kernel() if on_cpu_kernels else None
+        rotary = rotary_embedding_kernel() if on_cpu_kernels and swaps else None
         if rotary is not None:  # both dtypes: the kernel rounds exactly as torch's operations do
             self.rotary_modules = rotate_attention_embeddings(self.model, rotary)
         # Last: the checks above run the modules on their plain weights, which packing releases.
-        if config.packed_weights and can_pack(self.device, self.dtype):
+        if swaps and config.packed_weights and can_pack(self.device, self.dtype):
             self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
+        if swaps:  # checked on what the layers will run: every swap above made
+            self.direct_layers = call_layers_directly(self.model)
         if self.device.type == "cpu":
             log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
                      "%d attention modules rotate in one kernel, %d linears (a group counted once) compute "
-                     "on packed weights", str(self.dtype).removeprefix("torch."), self.shared_matmuls,
-                     self.fused_modules, self.rotary_modules, self.packed_linears)
+                     "on packed weights, %d decoder layers call their modules directly",
+                     str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
+                     self.rotary_modules, self.packed_linears, self.direct_layers)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)

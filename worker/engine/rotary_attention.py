@@ -32,7 +32,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from worker.engine.agreement import agrees, check_rows, swap_agreeing_forwards
+from worker.engine.agreement import agrees, check_angles, check_rows, swap_agreeing_forwards
 from worker.engine.cpu_kernels import RotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def rotate_attention_embeddings(model: torch.nn.Module, rotary: RotaryEmbedding)
 def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: Callable) -> Callable:
     head_dim = module.head_dim
     extra = _window_argument(module)
+    q_proj, k_proj, v_proj, o_proj = (getattr(module, name) for name in _PROJECTIONS)
 
     def forward(hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
                 attention_mask: torch.Tensor | None = None, past_key_values=None, **kwargs):
@@ -67,15 +68,16 @@ def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: 
                             attention_mask=attention_mask, past_key_values=past_key_values, **kwargs)
         input_shape = hidden_states.shape[:-1]
         cos, sin = position_embeddings
-        query, key = rotary(module.q_proj(hidden_states), module.k_proj(hidden_states), cos, sin, head_dim)
-        value = module.v_proj(hidden_states).view(*input_shape, -1, head_dim).transpose(1, 2)
+        # The projections' forwards called directly (direct_layer.py says why and when that is safe).
+        query, key = rotary(q_proj.forward(hidden_states), k_proj.forward(hidden_states), cos, sin, head_dim)
+        value = v_proj.forward(hidden_states).view(*input_shape, -1, head_dim).transpose(1, 2)
         output, weights = ALL_ATTENTION_FUNCTIONS[implementation](
             module, query, key, value, attention_mask,
             dropout=0.0 if not module.training else module.attention_dropout,
             scaling=module.scaling, **extra, **kwargs,
         )
         output = output.reshape(*input_shape, -1).contiguous()
-        return module.o_proj(output), weights
+        return o_proj.forward(output), weights
 
     return forward
 
@@ -117,20 +119,12 @@ def _agrees(module: torch.nn.Module, original: Callable, forward: Callable, rota
         dtype, device = module.q_proj.weight.dtype, module.q_proj.weight.device
         if device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
             return False
-        cos, sin = _random_angles(module.head_dim, dtype, device)
+        cos, sin = check_angles(module.head_dim, _CHECK_TOKENS, dtype, device)
         return (_rotation_is_exact(module, rotary, cos, sin)
                 and _forward_agrees(module, original, forward, cos, sin, dtype, device))
     except Exception as error:  # anything the kernel or the check cannot run: the module keeps its forward
         log.info("rotary kernel: check failed on %s (%r)", type(module).__name__, error)
         return False
-
-
-def _random_angles(head_dim: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin `[1, tokens, head_dim]` of random rotary angles, the halves equal as RoPE's are."""
-    generator = torch.Generator(device=device).manual_seed(1)
-    angles = torch.rand(1, _CHECK_TOKENS, head_dim // 2, generator=generator, device=device) * 100
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _rotation_is_exact(module, rotary, cos, sin) -> bool:
