@@ -79,4 +79,23 @@ struct ReadOrder {
 
   // All of an item's rows of a block (from block()): its heads' S x D values each.
   int64_t item_span(int64_t item) const { return (end_head(item) - first_head(item)) * head_stride; }
+
+  // Walks `item`'s key (or value) blocks in order and, in each, its heads: calls
+  // visit(h, rows, ahead, position, r0, r1) with `rows` head h's row 0 of the block, `ahead` the same
+  // head's row 0 in the block kBlocksAhead further along the reading order (nullptr: none), and
+  // [r0, r1) the block's rows in the attended range, row r being position `position + r` of it.
+  template <typename Visit>
+  void for_each_block_head(int64_t item, bool values_pass, Visit visit) const {
+    const int64_t b = sequence(item), h0 = first_head(item), h1 = end_head(item);
+    for (int64_t i = 0; i < block_count(item); ++i) {
+      const int64_t t0 = (first_slot(item) + i) * block_size;
+      const int64_t r0 = std::max<int64_t>(starts[b] - t0, 0), r1 = std::min<int64_t>(ends[b] - t0, block_size);
+      const T* here = block(item, values_pass, i);
+      const T* ahead = block_after(item, values_pass, i, kBlocksAhead);
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t head = (h - h0) * head_stride;
+        visit(h, here + head, ahead ? ahead + head : nullptr, t0 - starts[b], r0, r1);
+      }
+    }
+  }
 };

@@ -96,50 +96,37 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
     }
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = order.sequence(item), h0 = order.first_head(item), h1 = order.end_head(item);
-      const int64_t first = starts[b], len = ends[b] - first;
-      const int64_t padded = (len + kLanes - 1) / kLanes * kLanes;
-      const int64_t first_slot = order.first_slot(item), blocks = order.block_count(item);
+      const int64_t padded = (ends[b] - starts[b] + kLanes - 1) / kLanes * kLanes;
       scores.assign(H * G * padded, -INFINITY);
       const T* qbase = qp + b * H * G * D;
       for (int64_t i = h0 * per_head; i < h1 * per_head; ++i)
         queries[i] = _mm512_mul_ps(load16(qbase + i * kLanes), _mm512_set1_ps(scale));
-      // Block i holds positions [t0, t0 + S) of which rows [r0, r1) are in the range attended to.
-      auto rows_of = [&](int64_t i, int64_t& r0, int64_t& r1) {
-        const int64_t t0 = (first_slot + i) * S;
-        r0 = std::max<int64_t>(first - t0, 0);
-        r1 = std::min<int64_t>(ends[b] - t0, S);
-        return t0;
-      };
-      for (int64_t i = 0; i < blocks; ++i) {  // scores: each key row once, the item's heads of a block together
-        int64_t r0, r1;
-        const int64_t t0 = rows_of(i, r0, r1);
-        const T* block = order.block(item, false, i);
-        const T* ahead = order.block_after(item, false, i, kBlocksAhead);
-        for (int64_t h = h0; h < h1; ++h) {
-          for (int64_t j = 0; j < per_head; ++j) query[j] = queries[h * per_head + j];
-          // Each key row leaves one vector of partial dot products per query head; every 16 rows
-          // a tile of them is summed at once into 16 scores. Against one reduction per row:
-          // 17.5 -> 14.3 ms a step in bfloat16 on bench-135m's shapes.
-          for (int64_t r = r0; r < r1; r += kLanes) {
-            const int64_t n = std::min<int64_t>(kLanes, r1 - r);
-            for (int64_t row = 0; row < n; ++row) {
-              const int64_t offset = (h - h0) * head_stride + (r + row) * row_stride;
-              if (ahead) prefetch_range(ahead + offset, D);
-              __m512* dots = tile + row;
-              for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_setzero_ps();
-              for (int64_t c = 0; c < chunks; ++c) {
-                __m512 key = load16(block + offset + c * kLanes);
-                for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g * kLanes]);
-              }
-            }
-            for (int64_t g = 0; g < G; ++g) {
-              for (int64_t row = n; row < kLanes; ++row) tile[g * kLanes + row] = _mm512_setzero_ps();
-              _mm512_mask_storeu_ps(scores.data() + (h * G + g) * padded + t0 + r - first, lanes(n),
-                                    sum16x16(tile + g * kLanes));
+      // Scores: each key row once, the item's heads of a block together.
+      order.for_each_block_head(item, false, [&](int64_t h, const T* rows, const T* ahead, int64_t position,
+                                                 int64_t r0, int64_t r1) {
+        for (int64_t j = 0; j < per_head; ++j) query[j] = queries[h * per_head + j];
+        // Each key row leaves one vector of partial dot products per query head; every 16 rows
+        // a tile of them is summed at once into 16 scores. Against one reduction per row:
+        // 17.5 -> 14.3 ms a step in bfloat16 on bench-135m's shapes.
+        for (int64_t r = r0; r < r1; r += kLanes) {
+          const int64_t n = std::min<int64_t>(kLanes, r1 - r);
+          for (int64_t row = 0; row < n; ++row) {
+            const int64_t offset = (r + row) * row_stride;
+            if (ahead) prefetch_range(ahead + offset, D);
+            __m512* dots = tile + row;
+            for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_setzero_ps();
+            for (int64_t c = 0; c < chunks; ++c) {
+              __m512 key = load16(rows + offset + c * kLanes);
+              for (int64_t g = 0; g < G; ++g) dots[g * kLanes] = _mm512_fmadd_ps(query[g * chunks + c], key, dots[g * kLanes]);
             }
           }
+          for (int64_t g = 0; g < G; ++g) {
+            for (int64_t row = n; row < kLanes; ++row) tile[g * kLanes + row] = _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(scores.data() + (h * G + g) * padded + position + r, lanes(n),
+                                  sum16x16(tile + g * kLanes));
+          }
         }
-      }
+      });
       for (int64_t hg = h0 * G; hg < h1 * G; ++hg) {  // softmax over each query head's scores
         float* s = scores.data() + hg * padded;
         __m512 peak = _mm512_set1_ps(-INFINITY);
@@ -154,27 +141,23 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
         inverse[hg] = 1.f / _mm512_reduce_add_ps(total);
       }
       for (int64_t i = h0 * per_head; i < h1 * per_head; ++i) sums[i] = _mm512_setzero_ps();
-      for (int64_t i = 0; i < blocks; ++i) {  // the weighted sum of values, block by block
-        int64_t r0, r1;
-        const int64_t t0 = rows_of(i, r0, r1);
-        const T* block = order.block(item, true, i);
-        const T* ahead = order.block_after(item, true, i, kBlocksAhead);
-        for (int64_t h = h0; h < h1; ++h) {
-          for (int64_t j = 0; j < per_head; ++j) acc[j] = sums[h * per_head + j];
-          const float* weight = scores.data() + h * G * padded + t0 - first;
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t offset = (h - h0) * head_stride + r * row_stride;
-            if (ahead) prefetch_range(ahead + offset, D);
-            __m512 weights[kMaxGroup];  // broadcast once per row, not once per chunk
-            for (int64_t g = 0; g < G; ++g) weights[g] = _mm512_set1_ps(weight[g * padded + r]);
-            for (int64_t c = 0; c < chunks; ++c) {
-              __m512 value = load16(block + offset + c * kLanes);
-              for (int64_t g = 0; g < G; ++g) acc[g * chunks + c] = _mm512_fmadd_ps(weights[g], value, acc[g * chunks + c]);
-            }
+      // The weighted sum of values, block by block.
+      order.for_each_block_head(item, true, [&](int64_t h, const T* rows, const T* ahead, int64_t position,
+                                                int64_t r0, int64_t r1) {
+        for (int64_t j = 0; j < per_head; ++j) acc[j] = sums[h * per_head + j];
+        const float* weight = scores.data() + h * G * padded + position;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t offset = r * row_stride;
+          if (ahead) prefetch_range(ahead + offset, D);
+          __m512 weights[kMaxGroup];  // broadcast once per row, not once per chunk
+          for (int64_t g = 0; g < G; ++g) weights[g] = _mm512_set1_ps(weight[g * padded + r]);
+          for (int64_t c = 0; c < chunks; ++c) {
+            __m512 value = load16(rows + offset + c * kLanes);
+            for (int64_t g = 0; g < G; ++g) acc[g * chunks + c] = _mm512_fmadd_ps(weights[g], value, acc[g * chunks + c]);
           }
-          for (int64_t j = 0; j < per_head; ++j) sums[h * per_head + j] = acc[j];
         }
-      }
+        for (int64_t j = 0; j < per_head; ++j) sums[h * per_head + j] = acc[j];
+      });
       T* obase = op + b * H * G * D;
       for (int64_t hg = h0 * G; hg < h1 * G; ++hg)
         for (int64_t c = 0; c < chunks; ++c)
