@@ -76,8 +76,8 @@ def _direct_forward(layer: torch.nn.Module) -> Callable | None:
 
 
 def _is_pre_norm_block(layer: torch.nn.Module) -> bool:
-    """The four parts and nothing else among the layer's children, and an attention that takes
-    position embeddings (the layer's forward hands them on)."""
+    """The four parts and nothing else among the layer's children, and an attention with the
+    `head_dim` and `config` the check needs."""
     children = {name for name, _ in layer.named_children()}
     attention = getattr(layer, "self_attn", None)
     return (children == set(_PARTS) and isinstance(getattr(attention, "head_dim", None), int)
