@@ -22,8 +22,9 @@
 //   the same float32 tables with each allocation in ascending block order (block_pool.allocate):
 //   15.4-15.5 ms;
 // - each sequence's blocks in order: bfloat16 8.0 -> 6.1 ms, float32 14.1 -> 11.3 ms;
-// - every block at a random place: bfloat16 8.9 -> 8.6 ms, float32 15.7 -> 16.4 ms (reading one
-//   head's part of a block let the hardware fetch the next heads' parts early).
+// - every block at a random place: bfloat16 alike (8.9 -> 8.6 ms in that sitting, 7.0 -> 7.3 in
+//   another), float32 15.7 -> 16.4 ms (slower: reading one head's part of a block let the hardware
+//   fetch the next heads' parts early).
 // In the engine (32 x 256-token prompts, 128 tokens out, 2 alternating pairs) the decode step went
 // from 32.2-32.3 to 30.3-31.0 ms in bfloat16 and from 51.6-57.2 to 49.0-52.6 ms in float32.
 // Fetching 1 or 2 blocks ahead measured alike and 3 or 4 slower; fetching into L2 rather than L1
