@@ -10,8 +10,13 @@ from transformers import (AutoModelForCausalLM, Gemma2Config, GemmaConfig, Llama
 
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+from services.types import GenerateRequest, SamplingParams
+from worker.engine.cpu_kernels import rotary_embedding_kernel
 from worker.engine.direct_layer import call_layers_directly, has_hooks
 from worker.engine.fused_projections import share_projection_matmuls
+from worker.engine.rotary_attention import rotate_attention_embeddings
+
+rotary = rotary_embedding_kernel()
 
 SHAPE = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2)
@@ -77,24 +82,36 @@ def test_a_layer_with_other_parts_keeps_its_own_forward():
     assert _swapped(model) == [False, False]
 
 
-def test_a_model_with_hooks_keeps_its_forwards_and_its_hooks_run():
-    model = _random_model(PRE_NORM_BLOCKS["llama"])
-    calls = []
-    model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, output: calls.append(1))
-    assert has_hooks(model)
-    assert call_layers_directly(model) == 0
-    _logits(model)
-    assert calls == [1]
-
-
-def test_global_hooks_count_as_hooks():
+def test_module_and_global_hooks_count_as_hooks():
     model = _random_model(PRE_NORM_BLOCKS["llama"])
     assert not has_hooks(model)
+    handle = model.model.layers[1].mlp.down_proj.register_forward_hook(lambda module, args, output: None)
+    assert has_hooks(model)
+    handle.remove()
     handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
     try:
         assert has_hooks(model)
     finally:
         handle.remove()
+
+
+def test_an_engine_loading_a_model_with_hooks_rewrites_nothing_and_its_hooks_run(make_engine):
+    """A global hook is on every module when the runner loads the model, as accelerate's would be."""
+    calls = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: calls.append(type(module).__name__))
+    try:
+        engine = make_engine(dtype="bfloat16")
+        runner = engine.runner
+        assert (runner.direct_layers, runner.rotary_modules, runner.fused_modules, runner.shared_matmuls,
+                runner.packed_linears) == (0, 0, 0, 0, 0)
+        engine.add_request(GenerateRequest("r", "tiny", [20, 21, 22], SamplingParams(max_tokens=2)))
+        calls.clear()
+        while engine.has_unfinished():
+            engine.step()
+    finally:
+        handle.remove()
+    assert "Linear" in calls and any(name.endswith("DecoderLayer") for name in calls)
 
 
 def test_the_check_leaves_every_attention_on_the_models_own_config():
@@ -104,11 +121,14 @@ def test_the_check_leaves_every_attention_on_the_models_own_config():
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_shared_projections_still_give_each_sibling_its_own_slice():
-    """Called directly, q/k/v siblings of one shared product still return what their Linears do."""
+@pytest.mark.skipif(rotary is None, reason="the CPU kernels are not built here")
+def test_shared_projections_called_directly_still_give_each_sibling_its_own_slice():
+    """The rotary forward calls q/k/v's forwards directly: siblings of one shared product still
+    return what their own Linears do."""
     model = _random_model(PRE_NORM_BLOCKS["qwen2"], torch.bfloat16)  # q/k/v with biases
     before = _logits(model)
     assert share_projection_matmuls(model)
+    assert rotate_attention_embeddings(model, rotary) == 2
     assert call_layers_directly(model) == 2
     torch.testing.assert_close(_logits(model), before, atol=0.05, rtol=0)
 

@@ -8,8 +8,10 @@ by far more.
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +34,19 @@ def check_angles(head_dim: int, tokens: int, dtype: torch.dtype, device: torch.d
     angles = torch.rand(1, tokens, head_dim // 2, generator=generator, device=device) * 100
     angles = torch.cat((angles, angles), dim=-1)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+@contextmanager
+def attention_running(module: torch.nn.Module, implementation: str) -> Iterator[None]:
+    """Within the block, attention `module` alone calls the attention function registered as
+    `implementation` (a check's own); its config is the model's again afterwards."""
+    config = module.config
+    module.config = copy.copy(config)
+    module.config._attn_implementation = {"": implementation}  # the dict form leaves shared sub-configs alone
+    try:
+        yield
+    finally:
+        module.config = config
 
 
 def agrees(expected: torch.Tensor, actual: torch.Tensor) -> bool:

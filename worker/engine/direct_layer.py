@@ -8,12 +8,13 @@ transformers' gradient-checkpointing wrapper) before it reaches `forward`. The i
 forward here does the same block calling each module's `forward` itself, as the engine's own
 attention and MLP forwards (rotary_attention.py, fused_layers.py) do for their projections.
 
-Two conditions, or the layer keeps its own forward:
-- no module of the model has hooks, and none are registered globally (`has_hooks`): a direct call
-  would skip them. Hooks registered after loading are not run by swapped layers;
-- the layer's own forward and the direct one, run on the same random input with SDPA as the
-  attention, return the same tensor bit for bit. A layer that does more (Gemma 2's extra norms, a
-  residual scale) disagrees.
+The layer's own forward and the direct one, run on the same random input with SDPA as the
+attention, must return the same tensor bit for bit, or the layer keeps its own forward: a layer
+that does more (Gemma 2's extra norms, a residual scale) disagrees.
+
+A direct call skips module hooks, so the model runner rewrites nothing (no swapped forward, no
+shared or packed weights) in a model that has any (`has_hooks`). Hooks registered after loading
+are not run by swapped forwards.
 
 Why: at decode a step's 32 tokens make each call's fixed cost count. Measured on bench-135m in
 bfloat16 (one layer at a step's 32 decode tokens, its real inputs, best of 5 x 300 calls,
@@ -25,14 +26,13 @@ was within the VM's noise (means of four pairs: 48.8 ms with it, 48.4 without).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 
 import torch
 from torch.nn.modules import module as torch_module
 
-from worker.engine.agreement import check_angles, check_rows, swap_agreeing_forwards
+from worker.engine.agreement import attention_running, check_angles, check_rows, swap_agreeing_forwards
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,8 @@ def has_hooks(model: torch.nn.Module) -> bool:
 
 
 def call_layers_directly(model: torch.nn.Module) -> int:
-    """Swap every agreeing decoder layer's forward; returns how many were swapped."""
-    if has_hooks(model):
-        log.info("direct layers: the model has module hooks; its layers keep their own forwards")
-        return 0
+    """Swap every agreeing decoder layer's forward (the model has no hooks: `has_hooks`); returns
+    how many were swapped."""
     return swap_agreeing_forwards(model, _direct_forward, _agrees, "direct layers")
 
 
@@ -86,16 +84,13 @@ def _is_pre_norm_block(layer: torch.nn.Module) -> bool:
 
 def _agrees(layer: torch.nn.Module, forward: Callable) -> bool:
     attention = layer.self_attn
-    config = attention.config
     try:
         # Packed projections keep no plain weight (a meta placeholder): any other parameter tells.
         parameter = next(p for p in layer.parameters() if p.device.type != "meta")
         dtype, device = parameter.dtype, parameter.device
-        hidden = check_rows(config.hidden_size, dtype, device)[None, :_CHECK_TOKENS]
+        hidden = check_rows(attention.config.hidden_size, dtype, device)[None, :_CHECK_TOKENS]
         embeddings = check_angles(attention.head_dim, _CHECK_TOKENS, dtype, device)
-        attention.config = copy.copy(config)  # this layer alone runs SDPA for the check
-        attention.config._attn_implementation = {"": "sdpa"}  # the dict form leaves shared sub-configs alone
-        with torch.inference_mode():
+        with attention_running(attention, "sdpa"), torch.inference_mode():
             expected = layer.forward(hidden, attention_mask=None, position_embeddings=embeddings)
             actual = forward(hidden, attention_mask=None, position_embeddings=embeddings)
         expected = expected[0] if isinstance(expected, tuple) else expected
@@ -103,5 +98,3 @@ def _agrees(layer: torch.nn.Module, forward: Callable) -> bool:
     except Exception as error:  # anything the check cannot run: the layer keeps its forward
         log.info("direct layers: check failed on %s (%r)", type(layer).__name__, error)
         return False
-    finally:
-        attention.config = config

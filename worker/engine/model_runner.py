@@ -51,29 +51,10 @@ class ModelRunner:
         self.model.eval()
         self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = self.direct_layers = 0
         on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
-        # The forwards swapped below call modules' forwards directly, skipping module hooks; a
-        # model that has hooks (accelerate's offloading, say) keeps transformers' forwards.
-        swaps = not has_hooks(self.model)
-        groups = []
-        if swaps and self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            groups = share_projection_matmuls(self.model)
-            self.shared_matmuls = len(groups)
-            kernels = fused_layer_kernels() if on_cpu_kernels else None
-            self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
-        rotary = rotary_embedding_kernel() if on_cpu_kernels and swaps else None
-        if rotary is not None:  # both dtypes: the kernel rounds exactly as torch's operations do
-            self.rotary_modules = rotate_attention_embeddings(self.model, rotary)
-        # Last: the checks above run the modules on their plain weights, which packing releases.
-        if swaps and config.packed_weights and can_pack(self.device, self.dtype):
-            self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
-        if swaps:  # checked on what the layers will run: every swap above made
-            self.direct_layers = call_layers_directly(self.model)
-        if self.device.type == "cpu":
-            log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
-                     "%d attention modules rotate in one kernel, %d linears (a group counted once) compute "
-                     "on packed weights, %d decoder layers call their modules directly",
-                     str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
-                     self.rotary_modules, self.packed_linears, self.direct_layers)
+        if has_hooks(self.model):  # the rewrites call modules' forwards directly, which skips hooks
+            log.info("the model has module hooks: it runs transformers' forwards and plain weights")
+        else:
+            self._rewrite_modules(config, on_cpu_kernels)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         shape = KVShape.of(self.model_config)
@@ -93,6 +74,29 @@ class ModelRunner:
         # configured budget (it stays empty while the kernel runs).
         self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)
         self._keeps_logits = "logits_to_keep" in _forward_parameters(self.model)
+
+    def _rewrite_modules(self, config: EngineConfig, on_cpu_kernels: bool) -> None:
+        """Shared and packed projection weights, fused kernels, the rotary kernel and direct layer
+        calls, each where its own load-time check agrees."""
+        groups = []
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            groups = share_projection_matmuls(self.model)
+            self.shared_matmuls = len(groups)
+            kernels = fused_layer_kernels() if on_cpu_kernels else None
+            self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
+        rotary = rotary_embedding_kernel() if on_cpu_kernels else None
+        if rotary is not None:  # both dtypes: the kernel rounds exactly as torch's operations do
+            self.rotary_modules = rotate_attention_embeddings(self.model, rotary)
+        # The checks above run the modules on their plain weights, which packing releases.
+        if config.packed_weights and can_pack(self.device, self.dtype):
+            self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
+        self.direct_layers = call_layers_directly(self.model)  # last: checked on what the layers will run
+        if self.device.type == "cpu":
+            log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
+                     "%d attention modules rotate in one kernel, %d linears (a group counted once) compute "
+                     "on packed weights, %d decoder layers call their modules directly",
+                     str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
+                     self.rotary_modules, self.packed_linears, self.direct_layers)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:

@@ -21,7 +21,6 @@ as torch's operations, 7.4 us as the kernel (30 layers: about 1 ms of a 30 ms st
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 import sys
@@ -32,7 +31,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from worker.engine.agreement import agrees, check_angles, check_rows, swap_agreeing_forwards
+from worker.engine.agreement import agrees, attention_running, check_angles, check_rows, swap_agreeing_forwards
 from worker.engine.cpu_kernels import RotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -139,17 +138,11 @@ def _rotation_is_exact(module, rotary, cos, sin) -> bool:
 
 def _forward_agrees(module, original, forward, cos, sin, dtype, device) -> bool:
     hidden = check_rows(module.q_proj.in_features, dtype, device)[None, :_CHECK_TOKENS]
-    config = module.config
-    module.config = copy.copy(config)  # this module alone runs the recording attention function
-    module.config._attn_implementation = {"": _CHECK_NAME}  # the dict form leaves shared sub-configs as they are
-    try:
-        with torch.inference_mode():
-            expected, expected_call = _recorded(
-                lambda: original(hidden_states=hidden, position_embeddings=(cos, sin), attention_mask=None))
-            actual, actual_call = _recorded(
-                lambda: forward(hidden_states=hidden, position_embeddings=(cos, sin), attention_mask=None))
-    finally:
-        module.config = config
+    with attention_running(module, _CHECK_NAME), torch.inference_mode():
+        expected, expected_call = _recorded(
+            lambda: original(hidden_states=hidden, position_embeddings=(cos, sin), attention_mask=None))
+        actual, actual_call = _recorded(
+            lambda: forward(hidden_states=hidden, position_embeddings=(cos, sin), attention_mask=None))
     return expected_call == actual_call and agrees(expected[0], actual[0])
 
 
