@@ -104,7 +104,7 @@ def test_an_engine_loading_a_model_with_hooks_rewrites_nothing_and_its_hooks_run
         engine = make_engine(dtype="bfloat16")
         runner = engine.runner
         assert (runner.direct_layers, runner.rotary_modules, runner.fused_modules, runner.shared_matmuls,
-                runner.packed_linears) == (0, 0, 0, 0, 0)
+                runner.packed_linears, runner.compiled_layers) == (0, 0, 0, 0, 0, 0)
         engine.add_request(GenerateRequest("r", "tiny", [20, 21, 22], SamplingParams(max_tokens=2)))
         calls.clear()
         while engine.has_unfinished():

@@ -95,14 +95,23 @@ class SharedMatmul:
             linear.weight = torch.nn.Parameter(self.weight[rows], requires_grad=False)
             if self.bias is not None:
                 linear.bias = torch.nn.Parameter(self.bias[rows], requires_grad=False)
-            linear.forward = _sibling_forward(self, index)
+            linear.forward = SiblingProjection(self, index)
+
+    @property
+    def packed(self) -> PackedProduct | None:
+        """The packed product of the concatenated weight, once `pack` has made it."""
+        return self._packed
 
 
-def _sibling_forward(shared: SharedMatmul, index: int):
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return shared.output(index, x)
+class SiblingProjection:
+    """The forward of sibling `index` of a SharedMatmul (decode_layer.py reads both)."""
 
-    return forward
+    def __init__(self, shared: SharedMatmul, index: int) -> None:
+        self.shared = shared
+        self.index = index
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared.output(self.index, x)
 
 
 def share_projection_matmuls(model: torch.nn.Module) -> list[SharedMatmul]:

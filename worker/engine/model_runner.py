@@ -9,9 +9,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
-from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_step_kernel,
-                                      fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
+from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_layer_class,
+                                      decode_step_kernel, fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
                                       rotary_embedding_kernel)
+from worker.engine.decode_layer import compile_decode_layers
 from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.direct_layer import call_layers_directly, has_hooks
 from worker.engine.fused_layers import fuse_layers
@@ -49,7 +50,8 @@ class ModelRunner:
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
         self.model.eval()
-        self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = self.direct_layers = 0
+        self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
+        self.direct_layers = self.compiled_layers = 0
         on_cpu_kernels = config.cpu_kernels and self.device.type == "cpu"
         if has_hooks(self.model):  # the rewrites call modules' forwards directly, which skips hooks
             log.info("the model has module hooks: it runs transformers' forwards and plain weights")
@@ -90,13 +92,17 @@ class ModelRunner:
         # The checks above run the modules on their plain weights, which packing releases.
         if config.packed_weights and can_pack(self.device, self.dtype):
             self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
-        self.direct_layers = call_layers_directly(self.model)  # last: checked on what the layers will run
+        self.direct_layers = call_layers_directly(self.model)  # checked on what the layers will run
+        layer_class = decode_layer_class() if on_cpu_kernels and self.dtype == torch.bfloat16 else None
+        if layer_class is not None:  # last: it runs the direct layers' sequence of the rewrites above
+            self.compiled_layers = compile_decode_layers(self.model, layer_class)
         if self.device.type == "cpu":
             log.info("%s on the CPU: %d projection groups share a matmul, %d modules run fused kernels, "
                      "%d attention modules rotate in one kernel, %d linears (a group counted once) compute "
-                     "on packed weights, %d decoder layers call their modules directly",
+                     "on packed weights, %d decoder layers call their modules directly, %d run decode "
+                     "steps as one compiled call",
                      str(self.dtype).removeprefix("torch."), self.shared_matmuls, self.fused_modules,
-                     self.rotary_modules, self.packed_linears, self.direct_layers)
+                     self.rotary_modules, self.packed_linears, self.direct_layers, self.compiled_layers)
 
     @torch.inference_mode()
     def forward(self, inputs: StepInputs) -> torch.Tensor:

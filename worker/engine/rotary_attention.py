@@ -55,7 +55,7 @@ def rotate_attention_embeddings(model: torch.nn.Module, rotary: RotaryEmbedding)
 
 def _rotary_forward(module: torch.nn.Module, rotary: RotaryEmbedding, original: Callable) -> Callable:
     head_dim = module.head_dim
-    extra = _window_argument(module)
+    extra = window_argument(module)
     q_proj, k_proj, v_proj, o_proj = (getattr(module, name) for name in _PROJECTIONS)
 
     def forward(hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -90,7 +90,7 @@ def _kernel_reads(hidden_states: torch.Tensor, position_embeddings) -> bool:
             and cos.is_contiguous() and sin.is_contiguous())
 
 
-def _window_argument(module: torch.nn.Module) -> dict:
+def window_argument(module: torch.nn.Module) -> dict:
     """The sliding window the original forward hands the attention function: Qwen2's modules pass
     their own layer's, Mistral's the config's, Llama's none (the load-time check confirms which)."""
     if hasattr(module, "sliding_window"):

@@ -1,10 +1,10 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-One extension of six sources: the AVX-512 paged decode attention (decode_attention.cpp), the
+One extension of seven sources: the AVX-512 paged decode attention (decode_attention.cpp), the
 fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
 (greedy_argmax.cpp), the rotary position embedding of queries and keys (rotary_embedding.cpp), the
-causal softmax of bfloat16 prefill scores (causal_softmax.cpp) and their Python bindings
-(bindings.cpp), with what they share (exp, bfloat16 rounding, masked loads and stores of a row's
+causal softmax of bfloat16 prefill scores (causal_softmax.cpp), a bfloat16 decoder layer of a
+decode-only step calling the others (decode_layer.cpp) and their Python bindings (bindings.cpp), with what they share (exp, bfloat16 rounding, masked loads and stores of a row's
 tail) in vector_math.h and the decode kernel's block reading order and prefetch in
 block_read_order.h. The functions below return them when a build for these exact sources,
 compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise None, and the engine
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "rotary_embedding.cpp",
-                             "causal_softmax.cpp", "bindings.cpp"))
+                             "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "block_read_order.h"))  # #included
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
@@ -161,6 +161,11 @@ def greedy_argmax_kernel() -> Callable[[torch.Tensor], torch.Tensor] | None:
 def rotary_embedding_kernel() -> RotaryEmbedding | None:
     """The compiled rotary position embedding, exactly torch's rounding (rotary_embedding.cpp), or None."""
     return _compiled("rotary_embedding")
+
+
+def decode_layer_class() -> Callable | None:
+    """The compiled bfloat16 decoder layer of a decode-only step (decode_layer.cpp), or None."""
+    return _compiled("DecodeLayer")
 
 
 def causal_softmax_kernel() -> CausalSoftmax | None:

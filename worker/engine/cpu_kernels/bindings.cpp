@@ -12,6 +12,7 @@ torch::Tensor greedy_argmax(torch::Tensor logits);
 void causal_softmax_(torch::Tensor scores, double scale);
 std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch::Tensor k, torch::Tensor cos,
                                                           torch::Tensor sin, int64_t head_dim);
+void bind_decode_layer(pybind11::module_& m);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention);
@@ -21,4 +22,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("greedy_argmax", &greedy_argmax);
   m.def("rotary_embedding", &rotary_embedding);
   m.def("causal_softmax_", &causal_softmax_);
+  bind_decode_layer(m);
 }

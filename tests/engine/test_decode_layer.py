@@ -1,0 +1,86 @@
+"""Decode-only steps through the compiled bfloat16 decoder layer (worker/engine/decode_layer.py):
+exactly the tokens and log-probabilities of the layers' Python forwards, and only for layers whose
+load-time check agrees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Qwen3Config
+
+import worker.engine.model_runner as model_runner
+from tests.engine.harness import drive, request
+from worker.engine import create_engine
+from worker.engine.cpu_kernels import decode_layer_class
+from worker.engine_config import EngineConfig
+
+pytestmark = pytest.mark.skipif(decode_layer_class() is None, reason="the CPU kernels are not built here")
+
+MAX_TOKENS = [9, 14, 6, 11]
+
+
+def _run_mixed_batch(engine, prompts):
+    """Arrivals spread over steps, so that decode-only steps alternate with steps holding a prefill."""
+    batch = prompts([23, 5, 40, 12], seed=4)
+    arrivals = {0: [request("a", batch[0], MAX_TOKENS[0], logprobs=3), request("b", batch[1], MAX_TOKENS[1], logprobs=3)],
+                3: [request("c", batch[2], MAX_TOKENS[2], logprobs=3)], 6: [request("d", batch[3], MAX_TOKENS[3], logprobs=3)]}
+    return drive(engine, arrivals)
+
+
+def test_bfloat16_engines_compile_every_layer_and_others_none(make_engine):
+    layers = make_engine().runner.model_config.num_hidden_layers
+    assert make_engine(dtype="bfloat16").runner.compiled_layers == layers
+    assert make_engine().runner.compiled_layers == 0  # float32 keeps torch's operations, as the oracle
+    assert make_engine(dtype="bfloat16", cpu_kernels=False).runner.compiled_layers == 0
+    assert make_engine(dtype="bfloat16", packed_weights=False).runner.compiled_layers == 0
+
+
+def test_tokens_and_logprobs_are_exactly_those_of_the_python_layers(make_engine, prompts, monkeypatch):
+    calls = []
+    compiled_class = decode_layer_class()
+
+    class CountingLayer(compiled_class):
+        def forward(self, hidden, *args):
+            calls.append(hidden.shape[1])
+            return super().forward(hidden, *args)
+
+    monkeypatch.setattr(model_runner, "decode_layer_class", lambda: CountingLayer)
+    compiled = _run_mixed_batch(make_engine(dtype="bfloat16", eos_token_ids=[]), prompts)
+    assert calls and set(calls) >= {1, 2, 3, 4}  # decode-only steps of every batch size ran compiled
+    monkeypatch.setattr(model_runner, "decode_layer_class", lambda: None)
+    python = _run_mixed_batch(make_engine(dtype="bfloat16", eos_token_ids=[]), prompts)
+    assert python.keys() == compiled.keys()
+    for name in python:
+        assert compiled[name].token_ids == python[name].token_ids
+        assert len(compiled[name].token_ids) == MAX_TOKENS["abcd".index(name)]
+        assert compiled[name].logprobs == python[name].logprobs
+
+
+def test_a_layer_that_computes_otherwise_keeps_its_python_forward(make_engine, monkeypatch):
+    """Layer 0's second norm doubles its output after the other rewrites: the layer still looks
+    like the sequence, and only the check can tell."""
+    real = model_runner.compile_decode_layers
+
+    def tamper_then_compile(model, layer_class):
+        norm = model.model.layers[0].post_attention_layernorm
+        fused = vars(norm)["forward"]
+        norm.forward = lambda hidden: fused(hidden) * 2
+        return real(model, layer_class)
+
+    monkeypatch.setattr(model_runner, "compile_decode_layers", tamper_then_compile)
+    engine = make_engine(dtype="bfloat16")
+    layers = engine.runner.model.model.layers
+    assert engine.runner.compiled_layers == len(layers) - 1
+    assert vars(layers[0])["forward"].__qualname__.startswith("_direct_forward")
+    assert vars(layers[1])["forward"].__qualname__.startswith("_compiled_forward")
+
+
+def test_attention_with_query_and_key_norms_is_not_compiled(tmp_path):
+    """Qwen3 normalises queries and keys per head, a step the compiled sequence does not have."""
+    config = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    engine = create_engine(str(tmp_path), EngineConfig(dtype="bfloat16", block_size=4), eos_token_ids=[], num_blocks=64)
+    assert engine.runner.direct_layers == 2 and engine.runner.compiled_layers == 0
