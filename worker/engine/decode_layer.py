@@ -17,8 +17,10 @@ engine's paged attention and the compiled layer on the same random decode step (
 cached contexts of different lengths) and requires the same output and the same cache contents,
 bit for bit; a layer that differs keeps its Python forward.
 
-Why: measured on bench-135m in bfloat16 (32 sequences of 256 + 128 tokens, 2 threads) -- see
-docs/ARCHITECTURE.md.
+Why: with the Python forward, a decode step of bench-135m in bfloat16 spent about 3 ms of 27 ms
+between operations (module calls, transformers' attention-function lookup, argument parsing).
+Measured in-process (32 prompts of 256 tokens, 128 tokens out, 2 threads, three alternating pairs,
+/tmp/prof/engine_prof6.py): decode step 26.4-27.1 -> 25.6-25.8 ms, 676-691 -> 707-715 tok/s.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-One extension of seven sources: the AVX-512 paged decode attention (decode_attention.cpp), the
-fused bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
+One extension of seven sources: the AVX-512 paged decode attention (decode_attention.cpp), the fused
+bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
 (greedy_argmax.cpp), the rotary position embedding of queries and keys (rotary_embedding.cpp), the
 causal softmax of bfloat16 prefill scores (causal_softmax.cpp), a bfloat16 decoder layer of a
-decode-only step calling the others (decode_layer.cpp) and their Python bindings (bindings.cpp), with what they share (exp, bfloat16 rounding, masked loads and stores of a row's
-tail) in vector_math.h and the decode kernel's block reading order and prefetch in
-block_read_order.h. The functions below return them when a build for these exact sources,
-compiler flags, torch and Python exists and the CPU runs AVX-512; otherwise None, and the engine
-uses torch's own operations. A worker never compiles: building takes about a minute of two cores
-and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
-worker.engine.cpu_kernels`), and a failed build only costs speed.
+decode-only step calling the others (decode_layer.cpp) and their Python bindings (bindings.cpp),
+with what they share (exp, bfloat16 rounding, masked loads and stores of a row's tail) in
+vector_math.h and the decode kernel's block reading order and prefetch in block_read_order.h. The
+functions below return them when a build for these exact sources, compiler flags, torch and Python
+exists and the CPU runs AVX-512; otherwise None, and the engine uses torch's own operations. A
+worker never compiles: building takes 60-90 s of two cores and needs a C++ compiler, so it happens
+once, in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build only costs
+speed.
 
 Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
 binary is never loaded; it is simply not found.

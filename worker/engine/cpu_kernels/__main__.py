@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if library.exists():
         print(f"cpu kernels: up to date ({library})")
         return 0
-    print("cpu kernels: compiling (about 45-65 s) ...", flush=True)
+    print("cpu kernels: compiling (about 60-90 s) ...", flush=True)
     started = time.monotonic()
     try:
         library = cpu_kernels.build(verbose=args.verbose)
