@@ -79,7 +79,8 @@ def _compiled_forward(layer: torch.nn.Module, layer_class: Callable) -> Callable
 
 def _kernels_read(hidden_states: torch.Tensor, position_embeddings) -> bool:
     """What the compiled layer takes; anything else runs the Python forward."""
-    if (position_embeddings is None or hidden_states.dim() != 3 or hidden_states.dtype != torch.bfloat16
+    if (position_embeddings is None or hidden_states.dim() != 3 or hidden_states.shape[0] != 1
+            or hidden_states.dtype != torch.bfloat16
             or not hidden_states.is_contiguous() or hidden_states.device.type != "cpu"):
         return False
     cos, sin = position_embeddings
