@@ -22,9 +22,8 @@ MAX_TOKENS = [9, 14, 6, 11]
 def _run_mixed_batch(engine, prompts):
     """Arrivals spread over steps, so that decode-only steps alternate with steps holding a prefill."""
     batch = prompts([23, 5, 40, 12], seed=4)
-    arrivals = {0: [request("a", batch[0], MAX_TOKENS[0], logprobs=3), request("b", batch[1], MAX_TOKENS[1], logprobs=3)],
-                3: [request("c", batch[2], MAX_TOKENS[2], logprobs=3)], 6: [request("d", batch[3], MAX_TOKENS[3], logprobs=3)]}
-    return drive(engine, arrivals)
+    requests = [request(name, prompt, limit, logprobs=3) for name, prompt, limit in zip("abcd", batch, MAX_TOKENS)]
+    return drive(engine, {0: requests[:2], 3: requests[2:3], 6: requests[3:]})
 
 
 def test_bfloat16_engines_compile_every_layer_and_others_none(make_engine):
