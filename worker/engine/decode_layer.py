@@ -47,7 +47,12 @@ _CHECK_BLOCK_SIZE = 16
 def compile_decode_layers(model: torch.nn.Module, layer_class: Callable) -> int:
     """Give every decoder layer that qualifies (see the module docstring) a forward that runs
     decode-only steps through `layer_class` (the extension's DecodeLayer); returns how many."""
-    return swap_agreeing_forwards(model, lambda layer: _compiled_forward(layer, layer_class), _agrees,
+    steps: list[PagedAttentionMetadata] = []  # one random check step, its cache holding every layer
+
+    def agree(layer: torch.nn.Module, forward: Callable) -> bool:
+        return _agrees(layer, forward, steps)
+
+    return swap_agreeing_forwards(model, lambda layer: _compiled_forward(layer, layer_class), agree,
                                   "compiled decode layers")
 
 
@@ -127,14 +132,17 @@ def _shared_product(*linears: torch.nn.Module) -> PackedProduct | None:
     return shared.packed
 
 
-def _agrees(layer: torch.nn.Module, forward: Callable) -> bool:
+def _agrees(layer: torch.nn.Module, forward: Callable, steps: list[PagedAttentionMetadata]) -> bool:
+    """`steps` holds the check step once a layer has built it (every layer reads the same one)."""
     attention = layer.self_attn
     group = attention.config.num_attention_heads // attention.config.num_key_value_heads
     if decode_step_kernel() is None or not kernel_supports(attention.head_dim, group, torch.bfloat16,
                                                            torch.device("cpu")):
         return False
     try:
-        meta = _check_step(attention)
+        if not steps:
+            steps.append(_check_step(attention))
+        meta = steps[0]
         hidden = check_rows(attention.config.hidden_size, torch.bfloat16, torch.device("cpu"))
         hidden = hidden[None, :len(_CHECK_CONTEXTS)].contiguous()
         angles = check_angles(attention.head_dim, len(_CHECK_CONTEXTS), torch.bfloat16, torch.device("cpu"))
@@ -156,12 +164,12 @@ def _agrees(layer: torch.nn.Module, forward: Callable) -> bool:
 
 
 def _check_step(attention: torch.nn.Module) -> PagedAttentionMetadata:
-    """A decode-only step of len(_CHECK_CONTEXTS) sequences over a small random cache."""
+    """A decode-only step of len(_CHECK_CONTEXTS) sequences over a small random cache (every layer's)."""
     shape = KVShape.of(attention.config)
     blocks_each = [-(-context // _CHECK_BLOCK_SIZE) for context in _CHECK_CONTEXTS]
     cache = KVCache(shape, sum(blocks_each), _CHECK_BLOCK_SIZE, torch.bfloat16, torch.device("cpu"))
     generator = torch.Generator().manual_seed(2)
-    for tensor in (cache.keys[attention.layer_idx], cache.values[attention.layer_idx]):
+    for tensor in cache.keys + cache.values:
         tensor.copy_(torch.randn(tensor.shape, generator=generator))
     # Blocks handed out in reverse, so that tables are not simply the block ids in order.
     ids = list(range(sum(blocks_each)))[::-1]
