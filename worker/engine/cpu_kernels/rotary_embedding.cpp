@@ -40,18 +40,32 @@ inline __m512 rotate(__m512 a, __m512 b, __m512 c, __m512 d, const T* tag) {
   return _mm512_add_round_ps(first, second, kNearest);
 }
 
+// One head's rotation: head_dim values at `in` -> `out`.
+template <typename T>
+inline void rotate_head(const T* in, const T* c, const T* s, int64_t head_dim, T* out) {
+  const T* tag = nullptr;
+  const int64_t half = head_dim / 2;
+  for (int64_t i = 0; i < half; i += kLanes) {
+    const __mmask16 mask = lanes(half - i);
+    __m512 x1 = load_lanes(in + i, mask), x2 = load_lanes(in + half + i, mask);
+    // rotate_half(x) is (-x2, x1): out1 = x1 cos1 + (-x2) sin1, out2 = x2 cos2 + x1 sin2.
+    __m512 minus_x2 = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x2), _mm512_set1_epi32(INT32_MIN)));
+    store_lanes(out + i, rotate(x1, load_lanes(c + i, mask), minus_x2, load_lanes(s + i, mask), tag), mask);
+    store_lanes(out + half + i, rotate(x2, load_lanes(c + half + i, mask), x1, load_lanes(s + half + i, mask), tag), mask);
+  }
+}
+
 // One tensor's heads: x [B, T, heads * D] rows at `row_stride` -> out [B, heads, T, D].
 template <typename T>
 void rotate_heads(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
                   torch::Tensor& out) {
-  const int64_t B = x.size(0), T_len = x.size(1), heads = x.size(2) / head_dim, half = head_dim / 2;
+  const int64_t B = x.size(0), T_len = x.size(1), heads = x.size(2) / head_dim;
   const int64_t batch_stride = x.stride(0), row_stride = x.stride(1);
   const int64_t angle_batch_stride = cos.size(0) == 1 ? 0 : cos.stride(0);
   const T* xp = x.data_ptr<T>();
   const T* cp = cos.data_ptr<T>();
   const T* sp = sin.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  const T* tag = nullptr;
   const int64_t grain = std::max<int64_t>(1, 4096 / (heads * head_dim));
   at::parallel_for(0, B * T_len, grain, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -59,18 +73,8 @@ void rotate_heads(const torch::Tensor& x, const torch::Tensor& cos, const torch:
       const T* row = xp + b * batch_stride + t * row_stride;
       const T* c = cp + b * angle_batch_stride + t * head_dim;
       const T* s = sp + b * angle_batch_stride + t * head_dim;
-      for (int64_t h = 0; h < heads; ++h) {
-        const T* in = row + h * head_dim;
-        T* o = op + ((b * heads + h) * T_len + t) * head_dim;
-        for (int64_t i = 0; i < half; i += kLanes) {
-          const __mmask16 mask = lanes(half - i);
-          __m512 x1 = load_lanes(in + i, mask), x2 = load_lanes(in + half + i, mask);
-          // rotate_half(x) is (-x2, x1): out1 = x1 cos1 + (-x2) sin1, out2 = x2 cos2 + x1 sin2.
-          __m512 minus_x2 = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x2), _mm512_set1_epi32(INT32_MIN)));
-          store_lanes(o + i, rotate(x1, load_lanes(c + i, mask), minus_x2, load_lanes(s + i, mask), tag), mask);
-          store_lanes(o + half + i, rotate(x2, load_lanes(c + half + i, mask), x1, load_lanes(s + half + i, mask), tag), mask);
-        }
-      }
+      for (int64_t h = 0; h < heads; ++h)
+        rotate_head(row + h * head_dim, c, s, head_dim, op + ((b * heads + h) * T_len + t) * head_dim);
     }
   });
 }
@@ -107,4 +111,64 @@ std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch
   if (q.scalar_type() == torch::kFloat) return apply<float>(q, k, cos, sin, head_dim);
   TORCH_CHECK(q.scalar_type() == torch::kBFloat16, "rotary_embedding supports float32 and bfloat16");
   return apply<c10::BFloat16>(q, k, cos, sin, head_dim);
+}
+
+// A decode step's queries, keys and values put where its attention reads them, in one pass: the
+// rotated query heads token-major, and the rotated keys and the values straight into their cache
+// rows. The same values as rotary_embedding followed by paged_decode_step's transposed copies and
+// index_copy_ writes, without those copies (three per layer) and the two writes' dispatch.
+//   q [1, T, heads * D], k and v [1, T, kv_heads * D]: bfloat16, last dimension contiguous (rows
+//       may be strided: slices of one q|k|v product); cos, sin [1, T, D] contiguous bfloat16
+//   k_cache, v_cache [N, kv_heads, S, D] contiguous; write_rows [T * kv_heads] int64: token t's
+//       head h goes to row write_rows[t * kv_heads + h] of the cache viewed as [N * kv_heads * S, D]
+//   returns the rotated queries [T, heads, D] contiguous (paged_decode_attention's [B, H, G, D]
+//   after a view).
+torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
+                                torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& write_rows) {
+  TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
+  TORCH_CHECK(q.scalar_type() == torch::kBFloat16, "rotary_into_cache takes bfloat16");
+  TORCH_CHECK(cos.dim() == 3 && cos.size(0) == 1 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim &&
+                  cos.is_contiguous() && sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
+              "cos and sin must be contiguous [1, T, head_dim] of one dtype");
+  check_input(q, cos, head_dim, "q");
+  check_input(k, cos, head_dim, "k");
+  check_input(v, cos, head_dim, "v");
+  TORCH_CHECK(q.size(0) == 1 && k.sizes() == v.sizes() && k.size(0) == 1, "q, k, v must be [1, T, width]");
+  const int64_t tokens = q.size(1), heads = q.size(2) / head_dim, kv_heads = k.size(2) / head_dim;
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kv_heads && k_cache.size(3) == head_dim &&
+                  k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
+                  k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
+              "the k and v caches must be contiguous [N, kv_heads, S, head_dim] in q's dtype");
+  const auto rows = write_rows.to(torch::kLong).contiguous();
+  TORCH_CHECK(rows.dim() == 1 && rows.numel() == tokens * kv_heads, "one write row per token and KV head");
+  const int64_t cache_rows = k_cache.numel() / head_dim;
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i)
+    TORCH_CHECK(0 <= rp[i] && rp[i] < cache_rows, "a write row is outside the cache");
+  using T = c10::BFloat16;
+  auto q_out = torch::empty({tokens, heads, head_dim}, q.options());
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const T* cp = cos.data_ptr<T>();
+  const T* sp = sin.data_ptr<T>();
+  T* qo = q_out.data_ptr<T>();
+  T* kc = k_cache.data_ptr<T>();
+  T* vc = v_cache.data_ptr<T>();
+  const int64_t grain = std::max<int64_t>(1, 4096 / ((heads + 2 * kv_heads) * head_dim));
+  at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const T* c = cp + t * head_dim;
+      const T* s = sp + t * head_dim;
+      for (int64_t h = 0; h < heads; ++h)
+        rotate_head(qp + t * q.stride(1) + h * head_dim, c, s, head_dim, qo + (t * heads + h) * head_dim);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t row = rp[t * kv_heads + h] * head_dim;
+        rotate_head(kp + t * k.stride(1) + h * head_dim, c, s, head_dim, kc + row);
+        std::copy_n(vp + t * v.stride(1) + h * head_dim, head_dim, vc + row);
+      }
+    }
+  });
+  return q_out;
 }
