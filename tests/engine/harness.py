@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -71,3 +73,29 @@ def greedy_reference(model_dir, prompt: Sequence[int], max_new_tokens: int, stop
     """transformers' `generate(do_sample=False)` for `prompt` alone; with `stop_at_eos` it ends
     after the model's EOS like the engine does, without it it runs all `max_new_tokens`."""
     return list(_greedy(str(model_dir), tuple(prompt), max_new_tokens, stop_at_eos))
+
+
+def other_threads_ran_during(call: Callable[[], object]) -> bool:
+    """Whether the main thread got to run Python while `call` ran on another thread.
+
+    With the switch interval far longer than any test, a thread holding the GIL is never made to
+    give it up; the main thread, woken as the call is about to start, can then run before the call
+    returns only if the call released the GIL (as torch's operations do)."""
+    about_to_call, returned = threading.Event(), threading.Event()
+
+    def run() -> None:
+        about_to_call.set()
+        call()
+        returned.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        about_to_call.wait()
+        ran_during = not returned.is_set()
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return ran_during

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.engine.harness import other_threads_ran_during
 from worker.engine.cpu_kernels import cpu_supports_kernels, decode_attention_kernel, decode_step_kernel
 
 
@@ -201,3 +202,12 @@ def test_a_failed_build_is_reported_and_fails_only_when_strict(tmp_path, monkeyp
     assert main([]) == 0
     assert "build failed (ninja: build stopped: subcommand failed.); the engine uses torch SDPA" in capsys.readouterr().err
     assert main(["--strict"]) == 1
+
+
+@needs_kernel
+def test_the_kernel_lets_other_python_threads_run_while_it_computes():
+    """The worker's event loop (its gRPC session) keeps running while the engine thread attends."""
+    q, k, v, tables = _case(4, 3, 3, 64, 30, torch.bfloat16)
+    ends = torch.full((4,), 30)
+    assert not other_threads_ran_during(lambda: sum(range(100_000)))  # the probe sees a GIL holder
+    assert other_threads_ran_during(lambda: kernel(q, k, v, tables, torch.zeros_like(ends), ends, 0.125))

@@ -9,8 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 import worker.engine.model_runner as model_runner
-from tests.engine.harness import drive, request
+from tests.engine.harness import drive, other_threads_ran_during, request
 from worker.engine import create_engine
+from worker.engine.attention_metadata import write_rows
+from worker.engine.decode_layer import _parts
 from worker.engine.cpu_kernels import decode_layer_class
 from worker.engine_config import EngineConfig
 
@@ -83,3 +85,38 @@ def test_attention_with_query_and_key_norms_is_not_compiled(tmp_path):
         AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     engine = create_engine(str(tmp_path), EngineConfig(dtype="bfloat16", block_size=4), eos_token_ids=[], num_blocks=64)
     assert engine.runner.direct_layers == 2 and engine.runner.compiled_layers == 0
+
+
+def _one_decode_step(engine, tokens=3, cached=20, block_size=4):
+    """A compiled layer of `engine` and the arguments of one decode step through it: `tokens`
+    sequences with `cached` tokens each, over fresh random caches."""
+    config = engine.runner.model_config
+    layer = engine.runner.model.model.layers[0]
+    native = decode_layer_class()(*_parts(layer))
+    kv_heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    per_sequence = cached // block_size + 1
+    generator = torch.Generator().manual_seed(0)
+    caches = [torch.randn(tokens * per_sequence, kv_heads, block_size, head_dim, generator=generator).bfloat16()
+              for _ in range(2)]
+    tables = torch.arange(tokens * per_sequence).view(tokens, per_sequence)
+    slots = tables[:, cached // block_size] * block_size + cached % block_size
+    angles = torch.randn(1, tokens, head_dim, generator=generator).bfloat16()
+    hidden = torch.randn(1, tokens, config.hidden_size, generator=generator).bfloat16()
+    arguments = [hidden, angles.cos(), angles.sin(), *caches, write_rows(slots, kv_heads, block_size), tables,
+                 torch.zeros(tokens, dtype=torch.long), torch.full((tokens,), cached + 1)]
+    return native, arguments
+
+
+def test_a_write_row_outside_the_cache_is_refused_before_anything_is_written(make_engine):
+    native, arguments = _one_decode_step(make_engine(dtype="bfloat16"))
+    keys, values, rows = arguments[3], arguments[4], arguments[5]
+    before = keys.clone(), values.clone()
+    rows[-1] = keys.numel() // keys.shape[-1]  # one row past the end of the cache
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        native.forward(*arguments)
+    assert torch.equal(keys, before[0]) and torch.equal(values, before[1])
+
+
+def test_the_compiled_layer_lets_other_python_threads_run_while_it_computes(make_engine):
+    native, arguments = _one_decode_step(make_engine(dtype="bfloat16"))
+    assert other_threads_ran_during(lambda: native.forward(*arguments))

@@ -7,7 +7,8 @@ rotary_attention, direct_layer) a Llama-shaped layer at a decode step is a fixed
 operations: RMSNorm kernel, the packed q|k|v product, the rotary kernel, paged_decode_step, the
 packed o product, a residual add, RMSNorm kernel, the packed gate|up product, SiLU-multiply
 kernel, the packed down product, a residual add. The compiled layer runs that sequence with no
-Python between the operations. Any other call (a prefill in the batch, a call without the
+Python between the operations (and with the rotation and paged_decode_step's cache writes as one
+pass: decode_layer.cpp). Any other call (a prefill in the batch, a call without the
 engine's paged metadata, inputs the kernels do not take) runs the Python forward as before.
 
 Which layers: the attention's children are exactly q/k/v/o projections (Qwen3's q/k norms are not

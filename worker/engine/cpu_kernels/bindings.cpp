@@ -15,9 +15,9 @@ std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch
 void bind_decode_layer(pybind11::module_& m);
 
 // Every kernel runs without the GIL, as torch's own operations do. The compiled decode layers take
-// most of a decode step (about 20 of 24 ms on bench-135m); holding the GIL through them kept the
-// worker's event-loop thread (its gRPC session) waiting until Python's switch interval (5 ms)
-// forced the GIL loose between two layers.
+// most of a decode step (about 20 of 24 ms on bench-135m); holding the GIL through them, the
+// worker's event-loop thread (its gRPC session) could run only when Python's switch interval
+// (5 ms) forced the GIL loose between two layers.
 using WithoutGil = pybind11::call_guard<pybind11::gil_scoped_release>;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
