@@ -93,7 +93,7 @@ def _one_decode_step(engine, tokens=3, cached=20, block_size=4):
     config = engine.runner.model_config
     layer = engine.runner.model.model.layers[0]
     native = decode_layer_class()(*_parts(layer))
-    kv_heads, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    kv_heads, head_dim = config.num_key_value_heads, layer.self_attn.head_dim
     per_sequence = cached // block_size + 1
     generator = torch.Generator().manual_seed(0)
     caches = [torch.randn(tokens * per_sequence, kv_heads, block_size, head_dim, generator=generator).bfloat16()
