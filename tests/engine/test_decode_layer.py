@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, Qwen3Config
 import worker.engine.model_runner as model_runner
 from tests.engine.harness import drive, other_threads_ran_during, request
 from worker.engine import create_engine
-from worker.engine.attention_metadata import write_rows
-from worker.engine.decode_layer import _parts
+from worker.engine.agreement import check_angles, check_rows
+from worker.engine.decode_layer import _check_step, _parts
 from worker.engine.cpu_kernels import decode_layer_class
 from worker.engine_config import EngineConfig
 
@@ -87,24 +87,17 @@ def test_attention_with_query_and_key_norms_is_not_compiled(tmp_path):
     assert engine.runner.direct_layers == 2 and engine.runner.compiled_layers == 0
 
 
-def _one_decode_step(engine, tokens=3, cached=20, block_size=4):
-    """A compiled layer of `engine` and the arguments of one decode step through it: `tokens`
-    sequences with `cached` tokens each, over fresh random caches."""
-    config = engine.runner.model_config
+def _one_decode_step(engine):
+    """Layer 0 of `engine` as a compiled layer and the arguments of one decode step through it: the
+    random step its load-time check ran (decode_layer._check_step), over fresh caches."""
     layer = engine.runner.model.model.layers[0]
     native = decode_layer_class()(*_parts(layer))
-    kv_heads, head_dim = config.num_key_value_heads, layer.self_attn.head_dim
-    per_sequence = cached // block_size + 1
-    generator = torch.Generator().manual_seed(0)
-    caches = [torch.randn(tokens * per_sequence, kv_heads, block_size, head_dim, generator=generator).bfloat16()
-              for _ in range(2)]
-    tables = torch.arange(tokens * per_sequence).view(tokens, per_sequence)
-    slots = tables[:, cached // block_size] * block_size + cached % block_size
-    angles = torch.randn(1, tokens, head_dim, generator=generator).bfloat16()
-    hidden = torch.randn(1, tokens, config.hidden_size, generator=generator).bfloat16()
-    arguments = [hidden, angles.cos(), angles.sin(), *caches, write_rows(slots, kv_heads, block_size), tables,
-                 torch.zeros(tokens, dtype=torch.long), torch.full((tokens,), cached + 1)]
-    return native, arguments
+    meta = _check_step(layer.self_attn)
+    tokens = meta.num_decodes
+    hidden = check_rows(layer.self_attn.config.hidden_size, torch.bfloat16, torch.device("cpu"))[None, :tokens]
+    cos, sin = check_angles(layer.self_attn.head_dim, tokens, torch.bfloat16, torch.device("cpu"))
+    return native, [hidden.contiguous(), cos, sin, meta.kv_cache.keys[0], meta.kv_cache.values[0], meta.write_rows,
+                    meta.decode_block_tables, *meta.decode_bounds(None)]
 
 
 def test_a_write_row_outside_the_cache_is_refused_before_anything_is_written(make_engine):
@@ -112,7 +105,7 @@ def test_a_write_row_outside_the_cache_is_refused_before_anything_is_written(mak
     keys, values, rows = arguments[3], arguments[4], arguments[5]
     before = keys.clone(), values.clone()
     rows[-1] = keys.numel() // keys.shape[-1]  # one row past the end of the cache
-    with pytest.raises(RuntimeError, match="outside the cache"):
+    with pytest.raises(RuntimeError, match="a write row is outside the cache"):
         native.forward(*arguments)
     assert torch.equal(keys, before[0]) and torch.equal(values, before[1])
 
