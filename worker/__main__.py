@@ -39,7 +39,9 @@ def parse_settings(argv: list[str] | None = None) -> WorkerSettings:
     parser.add_argument("--model-name", help="served model name (default: the directory's name)")
     parser.add_argument("--scheduler-addr", help="scheduler host:port to dial")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: the checkpoint's, widened to float32 on a CPU without matmul "
+                             "instructions for it (FERRUM_INFER_DTYPE)")
     parser.add_argument("--metrics-port", type=int)
     parser.add_argument("--cache-size-mb", type=int)
     parser.add_argument("--max-num-seqs", type=int)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -75,27 +76,33 @@ def greedy_reference(model_dir, prompt: Sequence[int], max_new_tokens: int, stop
     return list(_greedy(str(model_dir), tuple(prompt), max_new_tokens, stop_at_eos))
 
 
-def other_threads_ran_during(call: Callable[[], object]) -> bool:
+def other_threads_ran_during(call: Callable[[], object], repeat_for_s: float = 0.5) -> bool:
     """Whether the main thread got to run Python while `call` ran on another thread.
 
     With the switch interval far longer than any test, a thread holding the GIL is never made to
-    give it up; the main thread, woken as the call is about to start, can then run before the call
-    returns only if the call released the GIL (as torch's operations do)."""
-    about_to_call, returned = threading.Event(), threading.Event()
+    give it up. The other thread repeats `call` until the main thread has run (or `repeat_for_s`
+    has passed), holding the GIL between calls, so the main thread, waiting to be woken, can run
+    before the repeating ends only inside a call that released the GIL (as torch's operations do).
+    Repeating keeps the answer apart from how soon the OS wakes the main thread: one short call
+    (a tiny model's layer) may end before it is awake."""
+    started, main_ran, finished = threading.Event(), threading.Event(), threading.Event()
 
     def run() -> None:
-        about_to_call.set()
-        call()
-        returned.set()
+        started.set()
+        deadline = time.monotonic() + repeat_for_s
+        while not main_ran.is_set() and time.monotonic() < deadline:
+            call()
+        finished.set()
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1000.0)
     try:
         thread = threading.Thread(target=run)
         thread.start()
-        about_to_call.wait()
-        ran_during = not returned.is_set()
+        started.wait()
+        if not finished.is_set():
+            main_ran.set()
         thread.join()
     finally:
         sys.setswitchinterval(interval)
-    return ran_during
+    return main_ran.is_set()

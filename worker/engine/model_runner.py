@@ -6,9 +6,10 @@ import inspect
 import logging
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
+from worker.engine.compute_dtype import resolve_dtype
 from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_layer_class,
                                       decode_step_kernel, fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
                                       rotary_embedding_kernel)
@@ -25,17 +26,6 @@ from worker.engine.step_inputs import StepInputs
 from worker.engine_config import EngineConfig
 
 log = logging.getLogger(__name__)
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(model_dir: str, name: str) -> torch.dtype:
-    """"auto" is the dtype the checkpoint declares (float32 when it declares none)."""
-    if name != "auto":
-        return _DTYPES[name]
-    declared = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None)
-    if isinstance(declared, str):
-        declared = getattr(torch, declared, None)
-    return declared if isinstance(declared, torch.dtype) else torch.float32
 
 
 class ModelRunner:
@@ -45,7 +35,7 @@ class ModelRunner:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # activations live in host memory: reuse them, don't page-fault them
-        self.dtype = resolve_dtype(model_dir, config.dtype)
+        self.dtype = resolve_dtype(model_dir, config.dtype, self.device)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
         ).to(self.device)
