@@ -83,8 +83,8 @@ def other_threads_ran_during(call: Callable[[], object], repeat_for_s: float = 0
     give it up. The other thread repeats `call` until the main thread has run (or `repeat_for_s`
     has passed), holding the GIL between calls, so the main thread, waiting to be woken, can run
     before the repeating ends only inside a call that released the GIL (as torch's operations do).
-    Repeating keeps the answer apart from how soon the OS wakes the main thread: one short call
-    (a tiny model's layer) may end before it is awake."""
+    Repeating makes the answer independent of how soon the OS wakes the main thread: one short
+    call (a tiny model's layer) may end before it is awake."""
     started, main_ran, finished = threading.Event(), threading.Event(), threading.Event()
 
     def run() -> None:

@@ -5,11 +5,12 @@ Why: on a CPU without them (bfloat16: AVX512_BF16 or AMX-BF16 on x86, BF16 on Ar
 AVX512_FP16 or AMX-FP16 on x86, half-precision SIMD on Arm) torch computes a 16-bit matmul by
 converting to float32 on the way, and it is slower than float32 itself. Measured on an Intel Xeon
 without AVX512_BF16 (2 cores; bench-135m, 32 requests at a time of 256 prompt and 128 output
-tokens, `python -m tests.bench --dtype bfloat16,float32 --systems ferrum --concurrency 32`):
-bfloat16 65.3 output tokens/s against float32's 143.0 (0.46x); the model's matmuls ran at 50 GFLOP/s
-in bfloat16 against 145 in float32 at 32 rows, 65 against 272 at 2048. `F.linear` of 576 -> 1536 there,
-in GFLOP/s at 1 / 32 / 512 rows: float32 20.8 / 58.9 / 205.3, bfloat16 13.6 / 49.4 / 60.0, float16
-15.8 / 18.7 / 17.8: slower even at one row, where fewer bytes of weights might have paid.
+tokens, `python -m tests.bench --dtype bfloat16,float32 --concurrency 32`, docs/BENCHMARKS.md of
+2026-12-01 04:58): bfloat16 63.7 output tokens/s against float32's 137.2 (0.46x; 65.3 against 143.0
+in an earlier run); the model's matmuls ran at 49 GFLOP/s in bfloat16 against 145 in float32 at 32
+rows, 66 against 256 at 2048. `F.linear` of 576 -> 1536 there, in GFLOP/s at 1 / 32 / 512 rows:
+float32 20.8 / 58.9 / 205.3, bfloat16 13.6 / 49.4 / 60.0, float16 15.8 / 18.7 / 17.8: slower even
+at one row, where fewer bytes of weights might have paid.
 
 So "auto" widens a 16-bit checkpoint to float32 on such a CPU. Widening is exact (every bfloat16 and
 float16 value is a float32 value), so the output is the float32 model's; the cost is twice the
