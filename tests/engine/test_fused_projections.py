@@ -134,8 +134,7 @@ def test_projections_that_cannot_share_are_left_alone():
     assert not any("forward" in vars(p) for p in _projections(layer).values())
 
 
-def test_only_bfloat16_engines_share(make_engine):
+def test_cpu_engines_share_in_both_dtypes(make_engine):
     float32, bfloat16 = make_engine(), make_engine(dtype="bfloat16")
     layers = bfloat16.runner.model_config.num_hidden_layers
-    assert float32.runner.shared_matmuls == 0  # each projection its own product, as the oracle's
-    assert bfloat16.runner.shared_matmuls == 2 * layers
+    assert float32.runner.shared_matmuls == bfloat16.runner.shared_matmuls == 2 * layers

@@ -132,8 +132,7 @@ def test_a_packed_projection_group_returns_each_projection_from_one_product(rows
 def test_engines_pack_every_linear_unless_turned_off(make_engine, dtype):
     packed, plain = make_engine(dtype=dtype), make_engine(dtype=dtype, packed_weights=False)
     layers = packed.runner.model_config.num_hidden_layers
-    # float32: q, k, v, o, gate, up, down and lm_head; bfloat16: the q/k/v and gate/up groups once each.
-    per_layer = 7 if dtype == "float32" else 4
-    assert packed.runner.packed_linears == per_layer * layers + 1
+    # the q/k/v and gate/up groups once each, o and down, and lm_head.
+    assert packed.runner.packed_linears == 4 * layers + 1
     assert plain.runner.packed_linears == 0
     assert not any(p.device.type == "meta" for p in plain.runner.model.parameters())

@@ -71,9 +71,10 @@ class ModelRunner:
         """Shared and packed projection weights, fused kernels, the rotary kernel and direct layer
         calls, each where its own load-time check agrees."""
         groups = []
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+        if self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
             groups = share_projection_matmuls(self.model)
             self.shared_matmuls = len(groups)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
             kernels = fused_layer_kernels() if on_cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
         rotary = rotary_embedding_kernel() if on_cpu_kernels else None
