@@ -22,8 +22,9 @@ weights, inputs of more than MAX_SHARED_ROWS rows (prefill) keep separate calls;
 packed (`pack`, packed_weights.py), every input shares one product. On a CPU in float32 too: on
 an Intel Xeon host (no AVX512_BF16) the packed float32 matmuls of a decode pass took 62.8-65.7 ms
 shared against 67.5-76.6 separate (bench-135m, 32 rows, fastest of 8, three alternating rounds), and
-the in-process engine ran 32 x 256-token prompts to 128 tokens each in 25.4-26.9 s against
-29.7-30.3 (two alternating pairs); greedy output still equals transformers' (tests/engine).
+the in-process engine ran 32 x 256-token prompts to 128 tokens each in 25.4 / 26.9 / 27.4 / 29.6 s
+against 30.3 / 29.7 / 27.8 / 29.1 (four alternating pairs: faster in the first two, within noise in
+the last two); greedy output still equals transformers' (tests/engine).
 """
 
 from __future__ import annotations
