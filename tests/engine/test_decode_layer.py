@@ -1,4 +1,4 @@
-"""Decode-only steps through the compiled bfloat16 decoder layer (worker/engine/decode_layer.py):
+"""Decode-only steps through the compiled decoder layer (worker/engine/decode_layer.py), bfloat16 and float32:
 exactly the tokens and log-probabilities of the layers' Python forwards, and only for layers whose
 load-time check agrees."""
 
@@ -28,15 +28,17 @@ def _run_mixed_batch(engine, prompts):
     return drive(engine, {0: requests[:2], 3: requests[2:3], 6: requests[3:]})
 
 
-def test_bfloat16_engines_compile_every_layer_and_others_none(make_engine):
+def test_bfloat16_and_float32_engines_compile_every_layer_unless_kernels_or_packing_are_off(make_engine):
     layers = make_engine().runner.model_config.num_hidden_layers
     assert make_engine(dtype="bfloat16").runner.compiled_layers == layers
-    assert make_engine().runner.compiled_layers == 0  # float32 keeps torch's operations, as the oracle
+    assert make_engine().runner.compiled_layers == layers  # float32: torch's rounding, bit for bit
     assert make_engine(dtype="bfloat16", cpu_kernels=False).runner.compiled_layers == 0
+    assert make_engine(cpu_kernels=False).runner.compiled_layers == 0
     assert make_engine(dtype="bfloat16", packed_weights=False).runner.compiled_layers == 0
 
 
-def test_tokens_and_logprobs_are_exactly_those_of_the_python_layers(make_engine, prompts, monkeypatch):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_tokens_and_logprobs_are_exactly_those_of_the_python_layers(make_engine, prompts, monkeypatch, dtype):
     calls = []
     compiled_class = decode_layer_class()
 
@@ -46,10 +48,10 @@ def test_tokens_and_logprobs_are_exactly_those_of_the_python_layers(make_engine,
             return super().forward(hidden, *args)
 
     monkeypatch.setattr(model_runner, "decode_layer_class", lambda: CountingLayer)
-    compiled = _run_mixed_batch(make_engine(dtype="bfloat16", eos_token_ids=[]), prompts)
+    compiled = _run_mixed_batch(make_engine(dtype=dtype, eos_token_ids=[]), prompts)
     assert calls and set(calls) >= {1, 2, 3, 4}  # decode-only steps of every batch size ran compiled
     monkeypatch.setattr(model_runner, "decode_layer_class", lambda: None)
-    python = _run_mixed_batch(make_engine(dtype="bfloat16", eos_token_ids=[]), prompts)
+    python = _run_mixed_batch(make_engine(dtype=dtype, eos_token_ids=[]), prompts)
     assert python.keys() == compiled.keys()
     for name in python:
         assert compiled[name].token_ids == python[name].token_ids
@@ -92,7 +94,7 @@ def _one_decode_step(engine):
     random step its load-time check ran (decode_layer._check_step), over fresh caches."""
     layer = engine.runner.model.model.layers[0]
     native = decode_layer_class()(*_parts(layer))
-    meta = _check_step(layer.self_attn)
+    meta = _check_step(layer.self_attn, torch.bfloat16)
     tokens = meta.num_decodes
     hidden = check_rows(layer.self_attn.config.hidden_size, torch.bfloat16, torch.device("cpu"))[None, :tokens]
     cos, sin = check_angles(layer.self_attn.head_dim, tokens, torch.bfloat16, torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""Decode-only steps run each bfloat16 decoder layer as one compiled call
+"""Decode-only steps run each bfloat16 or float32 decoder layer as one compiled call
 (cpu_kernels/decode_layer.cpp), where a load-time check shows it computes exactly what the layer's
 Python forward does.
 
@@ -22,6 +22,10 @@ Why: with the Python forward, a decode step of bench-135m in bfloat16 spent abou
 between operations (module calls, transformers' attention-function lookup, argument parsing).
 Measured in-process (32 prompts of 256 tokens, 128 tokens out, 2 threads, three alternating pairs,
 /tmp/prof/engine_prof6.py): decode step 26.4-27.1 -> 25.6-25.8 ms, 676-691 -> 707-715 tok/s.
+In float32, where the norms and the MLP's activation were torch's separate operations (seven a norm,
+two for the activation) before float32_layers.cpp, more goes: on an Intel Xeon without bfloat16 instructions (bench-135m, 32
+sequences at ~300 cached tokens, two engines in one process timing the same decode step
+alternately, /tmp/prof/ab2.py) the step took 108.2 -> 90.7 and 121.6 -> 95.2 ms (medians of two runs).
 """
 
 from __future__ import annotations
@@ -65,13 +69,14 @@ def _compiled_forward(layer: torch.nn.Module, layer_class: Callable) -> Callable
     native = layer_class(*parts)
     index = layer.self_attn.layer_idx
     window = window_argument(layer.self_attn).get("sliding_window")
+    dtype = layer.input_layernorm.weight.dtype
 
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool | None = False,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
         meta = kwargs.get("paged_metadata")
         if (meta is not None and meta.decode_step is not None and not meta.prefills and past_key_values is None
-                and _kernels_read(hidden_states, position_embeddings)):
+                and _kernels_read(hidden_states, position_embeddings, dtype)):
             starts, ends = meta.decode_bounds(window)
             cos, sin = position_embeddings
             return native.forward(hidden_states, cos, sin, meta.kv_cache.keys[index], meta.kv_cache.values[index],
@@ -83,14 +88,14 @@ def _compiled_forward(layer: torch.nn.Module, layer_class: Callable) -> Callable
     return forward
 
 
-def _kernels_read(hidden_states: torch.Tensor, position_embeddings) -> bool:
-    """What the compiled layer takes; anything else runs the Python forward."""
+def _kernels_read(hidden_states: torch.Tensor, position_embeddings, dtype: torch.dtype) -> bool:
+    """What the compiled layer takes (everything in the layer's `dtype`); anything else runs the Python forward."""
     if (position_embeddings is None or hidden_states.dim() != 3 or hidden_states.shape[0] != 1
-            or hidden_states.dtype != torch.bfloat16
+            or hidden_states.dtype != dtype
             or not hidden_states.is_contiguous() or hidden_states.device.type != "cpu"):
         return False
     cos, sin = position_embeddings
-    return (cos.dim() == 3 and cos.dtype == torch.bfloat16 and sin.dtype == torch.bfloat16
+    return (cos.dim() == 3 and cos.dtype == dtype and sin.dtype == dtype
             and cos.is_contiguous() and sin.is_contiguous())
 
 
@@ -137,16 +142,16 @@ def _agrees(layer: torch.nn.Module, forward: Callable, steps: list[PagedAttentio
     """`steps` holds the check step once a layer has built it (every layer reads the same one)."""
     attention = layer.self_attn
     group = attention.config.num_attention_heads // attention.config.num_key_value_heads
-    if decode_step_kernel() is None or not kernel_supports(attention.head_dim, group, torch.bfloat16,
-                                                           torch.device("cpu")):
+    dtype = layer.input_layernorm.weight.dtype
+    if decode_step_kernel() is None or not kernel_supports(attention.head_dim, group, dtype, torch.device("cpu")):
         return False
     try:
         if not steps:
-            steps.append(_check_step(attention))
+            steps.append(_check_step(attention, dtype))
         meta = steps[0]
-        hidden = check_rows(attention.config.hidden_size, torch.bfloat16, torch.device("cpu"))
+        hidden = check_rows(attention.config.hidden_size, dtype, torch.device("cpu"))
         hidden = hidden[None, :len(_CHECK_CONTEXTS)].contiguous()
-        angles = check_angles(attention.head_dim, len(_CHECK_CONTEXTS), torch.bfloat16, torch.device("cpu"))
+        angles = check_angles(attention.head_dim, len(_CHECK_CONTEXTS), dtype, torch.device("cpu"))
         index = attention.layer_idx
         caches = (meta.kv_cache.keys[index], meta.kv_cache.values[index])
         before = [cache.clone() for cache in caches]
@@ -164,11 +169,11 @@ def _agrees(layer: torch.nn.Module, forward: Callable, steps: list[PagedAttentio
         return False
 
 
-def _check_step(attention: torch.nn.Module) -> PagedAttentionMetadata:
+def _check_step(attention: torch.nn.Module, dtype: torch.dtype) -> PagedAttentionMetadata:
     """A decode-only step of len(_CHECK_CONTEXTS) sequences over a small random cache (every layer's)."""
     shape = KVShape.of(attention.config)
     blocks_each = [-(-context // _CHECK_BLOCK_SIZE) for context in _CHECK_CONTEXTS]
-    cache = KVCache(shape, sum(blocks_each), _CHECK_BLOCK_SIZE, torch.bfloat16, torch.device("cpu"))
+    cache = KVCache(shape, sum(blocks_each), _CHECK_BLOCK_SIZE, dtype, torch.device("cpu"))
     generator = torch.Generator().manual_seed(2)
     for tensor in cache.keys + cache.values:
         tensor.copy_(torch.randn(tensor.shape, generator=generator))

@@ -35,8 +35,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("decode_attention.cpp", "fused_layers.cpp", "greedy_argmax.cpp", "rotary_embedding.cpp",
-                             "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"))
+                for name in ("decode_attention.cpp", "fused_layers.cpp", "float32_layers.cpp", "greedy_argmax.cpp",
+                             "rotary_embedding.cpp", "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "block_read_order.h"))  # #included
 BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
 CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
@@ -149,7 +149,7 @@ def decode_step_kernel() -> DecodeStep | None:
 
 
 def fused_layer_kernels() -> FusedLayerKernels | None:
-    """The compiled bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), or None."""
+    """The compiled RMSNorm and SiLU-multiply, bfloat16 and float32 (fused_layers.cpp, float32_layers.cpp), or None."""
     module = _extension()
     return FusedLayerKernels(module.rms_norm, module.silu_mul) if module is not None else None
 
@@ -165,7 +165,7 @@ def rotary_embedding_kernel() -> RotaryEmbedding | None:
 
 
 def decode_layer_class() -> Callable | None:
-    """The compiled bfloat16 decoder layer of a decode-only step (decode_layer.cpp), or None."""
+    """The compiled bfloat16 or float32 decoder layer of a decode-only step (decode_layer.cpp), or None."""
     return _compiled("DecodeLayer")
 
 

@@ -1,4 +1,4 @@
-// One pre-norm decoder layer of a bfloat16 decode-only step as one call from Python.
+// One pre-norm decoder layer of a decode-only step (bfloat16 or float32) as one call from Python.
 //
 // Why: at decode a step's 32 tokens make a layer's operations short (about 600 us for the whole
 // layer of bench-135m), and in Python each of them costs its dispatch: the layer's module calls,
@@ -46,7 +46,7 @@ torch::Tensor packed_linear(const torch::Tensor& x, const torch::Tensor& packed,
 }  // namespace
 
 // The layer's weights, held for its lifetime; `forward` is one decode-only step through it.
-//   norms: bfloat16 [hidden]; packed weights as packed_weights.py makes them, biases optional
+//   norms: [hidden] in the layer's dtype; packed weights as packed_weights.py makes them, biases optional
 //   q_size, kv_size: the q and each of the k, v widths in the q|k|v product; intermediate: the
 //       gate and up widths in the gate|up product
 class DecodeLayer {
@@ -63,7 +63,7 @@ class DecodeLayer {
     TORCH_CHECK(q_size > 0 && kv_size > 0 && intermediate > 0 && head_dim > 0, "sizes must be positive");
   }
 
-  // hidden [1, B, hidden] contiguous bfloat16, one token per decoding sequence; cos, sin [1, B,
+  // hidden [1, B, hidden] contiguous, in the layer's dtype, one token per decoding sequence; cos, sin [1, B,
   // head_dim]; the caches, write_rows, block_tables, starts and ends as paged_decode_step takes
   // them. Returns the layer's output [1, B, hidden]; the new keys and values are in the caches.
   torch::Tensor forward(torch::Tensor hidden, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,

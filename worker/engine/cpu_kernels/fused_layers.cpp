@@ -1,4 +1,5 @@
-// Two of a decoder layer's elementwise blocks as one pass each, for bfloat16 on the CPU.
+// Two of a decoder layer's elementwise blocks as one pass each, on the CPU. This file is the
+// bfloat16 arithmetic; float32 tensors go to float32_layers.cpp, which rounds exactly as torch does.
 //
 // Why: in eager torch an RMSNorm is nine operations (a float32 copy, pow, mean, add, rsqrt, two
 // multiplies, a bfloat16 copy) and the MLP's activation two (silu, multiply). At decode (one token
@@ -6,9 +7,9 @@
 // megabytes. Both compute what transformers' Llama code computes, rounding to bfloat16 at the same
 // points; only the order of the variance's float32 sum differs.
 //
-//   rms_norm(x, weight, eps): x [..., n] and weight [n] bfloat16, x contiguous ->
+//   rms_norm(x, weight, eps): x [..., n] and weight [n] of one dtype, x contiguous ->
 //       weight * bf16(x * rsqrt(mean(x^2) + eps)), the mean in float32
-//   silu_mul(gate, up): same-shape bfloat16 [..., n], each row contiguous (rows may be strided, as
+//   silu_mul(gate, up): same-shape, same-dtype [..., n], each row contiguous (rows may be strided, as
 //       two slices of one [..., 2n] projection are; the leading dims must flatten to rows) ->
 //       contiguous bf16(bf16(silu(gate)) * up)
 #include <torch/extension.h>
@@ -17,6 +18,9 @@
 #include "vector_math.h"
 #include <algorithm>
 #include <cmath>
+
+torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, double eps);
+torch::Tensor silu_mul_f32(const torch::Tensor& gate, const torch::Tensor& up);
 
 namespace {
 
@@ -27,24 +31,29 @@ inline __m512 exp16(__m512 x) {
   return exp16_in_range(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.f)), _mm512_set1_ps(89.f)));
 }
 
-void check_bf16(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous(), name,
-              " must be a contiguous bfloat16 cpu tensor");
+bool is_float32(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat; }
+
+void check_contiguous(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kBFloat16 || is_float32(t)) && t.is_contiguous(),
+              name, " must be a contiguous bfloat16 or float32 cpu tensor");
 }
 
 // Rows of adjacent elements, at any one distance from each other (a slice of a wider output).
 void check_rows(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.dim() >= 1 && t.stride(-1) == 1,
-              name, " must be a bfloat16 cpu tensor whose last dimension is contiguous");
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kBFloat16 || is_float32(t)) && t.dim() >= 1 &&
+                  t.stride(-1) == 1,
+              name, " must be a bfloat16 or float32 cpu tensor whose last dimension is contiguous");
 }
 
 }  // namespace
 
 torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
-  check_bf16(x, "x");
-  check_bf16(weight, "weight");
+  check_contiguous(x, "x");
+  check_contiguous(weight, "weight");
   const int64_t n = weight.numel();
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n && n > 0, "x's last dimension must match weight");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight must have one dtype");
+  if (is_float32(x)) return rms_norm_f32(x, weight, eps);
   auto out = torch::empty_like(x);
   const int64_t rows = x.numel() / n;
   const auto* xp = x.data_ptr<c10::BFloat16>();
@@ -74,7 +83,9 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
   check_rows(gate, "gate");
   check_rows(up, "up");
-  TORCH_CHECK(gate.sizes() == up.sizes(), "gate and up must have one shape");
+  TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(),
+              "gate and up must have one shape and one dtype");
+  if (is_float32(gate)) return gate.numel() == 0 ? torch::empty(gate.sizes(), gate.options()) : silu_mul_f32(gate, up);
   const int64_t n = gate.size(-1);
   auto out = torch::empty(gate.sizes(), gate.options());
   if (gate.numel() == 0) return out;

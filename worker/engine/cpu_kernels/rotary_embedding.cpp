@@ -117,37 +117,19 @@ std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch
 // rotated query heads token-major, and the rotated keys and the values straight into their cache
 // rows. The same values as rotary_embedding followed by paged_decode_step's transposed copies and
 // index_copy_ writes, without those copies (three per layer) and the two writes' dispatch.
-//   q [1, T, heads * D], k and v [1, T, kv_heads * D]: bfloat16, last dimension contiguous (rows
-//       may be strided: slices of one q|k|v product); cos, sin [1, T, D] contiguous bfloat16
+//   q [1, T, heads * D], k and v [1, T, kv_heads * D]: float32 or bfloat16, last dimension contiguous
+//       (rows may be strided: slices of one q|k|v product); cos, sin [1, T, D] contiguous, q's dtype
 //   k_cache, v_cache [N, kv_heads, S, D] contiguous; write_rows [T * kv_heads] int64: token t's
 //       head h goes to row write_rows[t * kv_heads + h] of the cache viewed as [N * kv_heads * S, D]
 //   returns the rotated queries [T, heads, D] contiguous (paged_decode_attention's [B, H, G, D]
 //   after a view).
-torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
-                                torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& write_rows) {
-  TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
-  TORCH_CHECK(q.scalar_type() == torch::kBFloat16, "rotary_into_cache takes bfloat16");
-  TORCH_CHECK(cos.dim() == 3 && cos.size(0) == 1 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim &&
-                  cos.is_contiguous() && sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
-              "cos and sin must be contiguous [1, T, head_dim] of one dtype");
-  check_input(q, cos, head_dim, "q");
-  check_input(k, cos, head_dim, "k");
-  check_input(v, cos, head_dim, "v");
-  TORCH_CHECK(q.size(0) == 1 && k.sizes() == v.sizes() && k.size(0) == 1, "q, k, v must be [1, T, width]");
+namespace {
+
+template <typename T>
+void rotate_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
+                       const torch::Tensor& sin, int64_t head_dim, torch::Tensor& k_cache, torch::Tensor& v_cache,
+                       const int64_t* rp, torch::Tensor& q_out) {
   const int64_t tokens = q.size(1), heads = q.size(2) / head_dim, kv_heads = k.size(2) / head_dim;
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kv_heads && k_cache.size(3) == head_dim &&
-                  k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
-                  k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
-              "the k and v caches must be contiguous [N, kv_heads, S, head_dim] in q's dtype");
-  const auto rows = write_rows.to(torch::kLong).contiguous();
-  TORCH_CHECK(rows.dim() == 1 && rows.numel() == tokens * kv_heads, "one write row per token and KV head");
-  const int64_t cache_rows = k_cache.numel() / head_dim;
-  const int64_t* rp = rows.data_ptr<int64_t>();
-  for (int64_t i = 0; i < rows.numel(); ++i)
-    TORCH_CHECK(0 <= rp[i] && rp[i] < cache_rows, "a write row is outside the cache");
-  using T = c10::BFloat16;
-  auto q_out = torch::empty({tokens, heads, head_dim}, q.options());
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
   const T* vp = v.data_ptr<T>();
@@ -170,5 +152,39 @@ torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, 
       }
     }
   });
+}
+
+}  // namespace
+
+torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
+                                torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& write_rows) {
+  TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
+  TORCH_CHECK(q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kFloat,
+              "rotary_into_cache takes float32 or bfloat16");
+  TORCH_CHECK(cos.dim() == 3 && cos.size(0) == 1 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim &&
+                  cos.is_contiguous() && sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
+              "cos and sin must be contiguous [1, T, head_dim] of one dtype");
+  check_input(q, cos, head_dim, "q");
+  check_input(k, cos, head_dim, "k");
+  check_input(v, cos, head_dim, "v");
+  TORCH_CHECK(q.size(0) == 1 && k.sizes() == v.sizes() && k.size(0) == 1, "q, k, v must be [1, T, width]");
+  const int64_t tokens = q.size(1), heads = q.size(2) / head_dim, kv_heads = k.size(2) / head_dim;
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.size(1) == kv_heads && k_cache.size(3) == head_dim &&
+                  k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
+                  k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
+              "the k and v caches must be contiguous [N, kv_heads, S, head_dim] in q's dtype");
+  const auto rows = write_rows.to(torch::kLong).contiguous();
+  TORCH_CHECK(rows.dim() == 1 && rows.numel() == tokens * kv_heads, "one write row per token and KV head");
+  const int64_t cache_rows = k_cache.numel() / head_dim;
+  const int64_t* rp = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows.numel(); ++i)
+    TORCH_CHECK(0 <= rp[i] && rp[i] < cache_rows, "a write row is outside the cache");
+  auto q_out = torch::empty({tokens, heads, head_dim}, q.options());
+  if (q.scalar_type() == torch::kFloat) {
+    rotate_into_cache<float>(q, k, v, cos, sin, head_dim, k_cache, v_cache, rp, q_out);
+  } else {
+    rotate_into_cache<c10::BFloat16>(q, k, v, cos, sin, head_dim, k_cache, v_cache, rp, q_out);
+  }
   return q_out;
 }
