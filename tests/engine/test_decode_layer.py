@@ -1,6 +1,6 @@
-"""Decode-only steps through the compiled decoder layer (worker/engine/decode_layer.py), bfloat16 and float32:
-exactly the tokens and log-probabilities of the layers' Python forwards, and only for layers whose
-load-time check agrees."""
+"""Decode-only steps through the compiled decoder layer (worker/engine/decode_layer.py), bfloat16
+and float32: exactly the tokens and log-probabilities of the layers' Python forwards, and only for
+layers whose load-time check agrees."""
 
 from __future__ import annotations
 

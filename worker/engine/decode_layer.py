@@ -22,10 +22,11 @@ Why: with the Python forward, a decode step of bench-135m in bfloat16 spent abou
 between operations (module calls, transformers' attention-function lookup, argument parsing).
 Measured in-process (32 prompts of 256 tokens, 128 tokens out, 2 threads, three alternating pairs,
 /tmp/prof/engine_prof6.py): decode step 26.4-27.1 -> 25.6-25.8 ms, 676-691 -> 707-715 tok/s.
-In float32, where the norms and the MLP's activation were torch's separate operations (seven a norm,
-two for the activation) before float32_layers.cpp, more goes: on an Intel Xeon without bfloat16 instructions (bench-135m, 32
-sequences at ~300 cached tokens, two engines in one process timing the same decode step
-alternately, /tmp/prof/ab2.py) the step took 108.2 -> 90.7 and 121.6 -> 95.2 ms (medians of two runs).
+In float32, where the norms and the MLP's activation were torch's separate operations (seven a
+norm, two for the activation) before float32_layers.cpp, more goes: on an Intel Xeon without
+bfloat16 instructions (bench-135m, 32 sequences at ~300 cached tokens, two engines in one process
+timing the same decode step alternately, /tmp/prof/ab2.py) the step took 108.2 -> 90.7 and
+121.6 -> 95.2 ms (medians, two runs).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def _compiled_forward(layer: torch.nn.Module, layer_class: Callable) -> Callable
 
 
 def _kernels_read(hidden_states: torch.Tensor, position_embeddings, dtype: torch.dtype) -> bool:
-    """What the compiled layer takes (everything in the layer's `dtype`); anything else runs the Python forward."""
+    """What the compiled layer takes (everything in the layer's `dtype`); anything else runs the
+    Python forward."""
     if (position_embeddings is None or hidden_states.dim() != 3 or hidden_states.shape[0] != 1
             or hidden_states.dtype != dtype
             or not hidden_states.is_contiguous() or hidden_states.device.type != "cpu"):
