@@ -71,10 +71,10 @@ class ModelRunner:
         """Shared and packed projection weights, fused kernels, the rotary kernel and direct layer
         calls, each where its own load-time check agrees."""
         groups = []
-        if self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
+        cpu_rewrites = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32)
+        if cpu_rewrites:
             groups = share_projection_matmuls(self.model)
             self.shared_matmuls = len(groups)
-        if self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float32):
             kernels = fused_layer_kernels() if on_cpu_kernels else None
             self.fused_modules = fuse_layers(self.model, kernels) if kernels is not None else 0
         rotary = rotary_embedding_kernel() if on_cpu_kernels else None
@@ -84,8 +84,7 @@ class ModelRunner:
         if config.packed_weights and can_pack(self.device, self.dtype):
             self.packed_linears = pack_linears(self.model) + sum(group.pack() for group in groups)
         self.direct_layers = call_layers_directly(self.model)  # checked on what the layers will run
-        compilable = on_cpu_kernels and self.dtype in (torch.bfloat16, torch.float32)
-        layer_class = decode_layer_class() if compilable else None
+        layer_class = decode_layer_class() if on_cpu_kernels and cpu_rewrites else None
         if layer_class is not None:  # last: it runs the direct layers' sequence of the rewrites above
             self.compiled_layers = compile_decode_layers(self.model, layer_class)
         if self.device.type == "cpu":

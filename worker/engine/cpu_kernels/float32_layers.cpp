@@ -23,12 +23,12 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <immintrin.h>
+#include "vector_math.h"
 #include <algorithm>
 #include <cmath>
 
 namespace {
 
-constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 constexpr int64_t kSumLanes = 8;          // torch's float32 sum: its AVX2 kernel
 constexpr int64_t kInterleaved = 4;       // SumKernel.cpp's ilp_factor
 constexpr int64_t kLevels = 4;            // SumKernel.cpp's num_levels
@@ -104,17 +104,14 @@ void silu_mul_run(const float* g, const float* u, float* out, int64_t length, Ex
   const __m512 one = _mm512_set1_ps(1.f);
   int64_t i = 0;
   for (; i + kSiluRun <= length; i += kSiluRun) {
-    for (int64_t h = i; h < i + kSiluRun; h += 16) {
+    for (int64_t h = i; h < i + kSiluRun; h += kLanes) {
       const __m512 x = _mm512_loadu_ps(g + h);
       const __m512 denominator = _mm512_add_round_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)), kNearest);
       const __m512 silu = _mm512_div_round_ps(x, denominator, kNearest);
       _mm512_storeu_ps(out + h, _mm512_mul_round_ps(silu, _mm512_loadu_ps(u + h), kNearest));
     }
   }
-  for (; i < length; ++i) {
-    const volatile float silu = g[i] / (1.f + std::exp(-g[i]));
-    out[i] = silu * u[i];
-  }
+  for (; i < length; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
 }
 
 }  // namespace
@@ -133,8 +130,7 @@ torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, 
   const int64_t grain = std::max<int64_t>(1, kRowGrainElements / n);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const volatile float mean = sum_of_squares(xp + r * n, n) / static_cast<float>(n);
-      sp[r] = mean + epsilon;
+      sp[r] = sum_of_squares(xp + r * n, n) / static_cast<float>(n) + epsilon;
     }
   });
   const auto inverse = at::rsqrt(shifted);  // torch's own: its rounding is MKL's on x86
@@ -144,14 +140,11 @@ torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, 
       const float* in = xp + r * n;
       const __m512 scale = _mm512_set1_ps(ip[r]);
       int64_t i = 0;
-      for (; i + 16 <= n; i += 16) {
+      for (; i + kLanes <= n; i += kLanes) {
         const __m512 normed = _mm512_mul_round_ps(_mm512_loadu_ps(in + i), scale, kNearest);
         _mm512_storeu_ps(op + r * n + i, _mm512_mul_round_ps(_mm512_loadu_ps(wp + i), normed, kNearest));
       }
-      for (; i < n; ++i) {
-        const volatile float normed = in[i] * ip[r];
-        op[r * n + i] = wp[i] * normed;
-      }
+      for (; i < n; ++i) op[r * n + i] = wp[i] * (in[i] * ip[r]);  // no add: nothing to fuse
     }
   });
   return out;

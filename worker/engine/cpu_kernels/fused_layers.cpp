@@ -85,10 +85,10 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
   check_rows(up, "up");
   TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(),
               "gate and up must have one shape and one dtype");
-  if (is_float32(gate)) return gate.numel() == 0 ? torch::empty(gate.sizes(), gate.options()) : silu_mul_f32(gate, up);
+  if (gate.numel() == 0) return torch::empty(gate.sizes(), gate.options());
+  if (is_float32(gate)) return silu_mul_f32(gate, up);
   const int64_t n = gate.size(-1);
   auto out = torch::empty(gate.sizes(), gate.options());
-  if (gate.numel() == 0) return out;
   // Rows may be strided (gate and up as the two halves of one projection's output), elements not.
   const auto gate_rows = gate.view({-1, n});
   const auto up_rows = up.view({-1, n});

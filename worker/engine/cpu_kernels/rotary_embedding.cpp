@@ -26,8 +26,6 @@
 
 namespace {
 
-constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-
 // To the dtype's precision: float32 results are already rounded; bfloat16 ones round here.
 inline __m512 round_to(__m512 x, const float*) { return x; }
 inline __m512 round_to(__m512 x, const c10::BFloat16*) { return round_to_bf16(x); }

@@ -6,6 +6,11 @@
 
 constexpr int64_t kLanes = 16;  // float32 values in one AVX-512 register
 
+// Rounding for the *_round_ps intrinsics: to nearest, as every float32 operation rounds. An
+// explicitly rounded multiply is never fused into a following add by the compiler, which keeps
+// the kernels that must round where torch does from rounding once where it rounds twice.
+constexpr int kNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
 // The first `count` of a register's 16 lanes (all of them from 16 on): a row's tail.
 inline __mmask16 lanes(int64_t count) {
   return count >= kLanes ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
