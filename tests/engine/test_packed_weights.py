@@ -18,6 +18,17 @@ pytestmark = pytest.mark.skipif(not can_pack(torch.device("cpu"), torch.float32)
                                 reason="this torch has no oneDNN weight packing")
 
 
+def _where_packable(dtype: torch.dtype):
+    """`dtype` as a test parameter, skipped where oneDNN has no packed layout for it on this CPU
+    (bfloat16 needs AVX512BW/VL/DQ or AVX-NE-CONVERT; an AVX2-only CPU keeps it plain)."""
+    return pytest.param(dtype, id=str(dtype).removeprefix("torch."),
+                        marks=pytest.mark.skipif(not can_pack(torch.device("cpu"), dtype),
+                                                 reason=f"oneDNN cannot pack {dtype} on this CPU"))
+
+
+PACKABLE_DTYPES = [_where_packable(torch.float32), _where_packable(torch.bfloat16)]
+
+
 class _Tied(torch.nn.Module):
     """An embedding and an lm_head sharing one Parameter, plus a lone projection with a bias."""
 
@@ -38,7 +49,7 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dty
     assert (actual.float() - expected.float()).abs().max() <= step * scale
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", PACKABLE_DTYPES)
 @pytest.mark.parametrize("rows", [1, 32, 600])
 def test_packed_linears_compute_their_own_products(dtype, rows):
     model = _Tied(dtype)
@@ -101,16 +112,17 @@ def test_packing_is_only_offered_where_it_exists():
     assert not packed_weights.packable(type("Special", (torch.nn.Linear,), {})(4, 4))
 
 
-def _qwen2_attention() -> torch.nn.Module:
-    """bfloat16, with q/k/v biases."""
+def _qwen2_attention(dtype: torch.dtype) -> torch.nn.Module:
+    """With q/k/v biases."""
     torch.manual_seed(0)
     config = Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-    return Qwen2Attention(config, layer_idx=0).to(torch.bfloat16)
+    return Qwen2Attention(config, layer_idx=0).to(dtype)
 
 
+@pytest.mark.parametrize("dtype", PACKABLE_DTYPES)
 @pytest.mark.parametrize("rows", [32, MAX_SHARED_ROWS + 100])
-def test_a_packed_projection_group_returns_each_projection_from_one_product(rows, monkeypatch):
-    attention = _qwen2_attention()
+def test_a_packed_projection_group_returns_each_projection_from_one_product(rows, dtype, monkeypatch):
+    attention = _qwen2_attention(dtype)
     linears = [attention.q_proj, attention.k_proj, attention.v_proj]
     own = [(p.weight.detach().clone(), p.bias.detach().clone()) for p in linears]
     (group,) = share_projection_matmuls(attention)
@@ -120,16 +132,17 @@ def test_a_packed_projection_group_returns_each_projection_from_one_product(rows
     real = packed_weights.PackedProduct.__call__
     monkeypatch.setattr(packed_weights.PackedProduct, "__call__",
                         lambda self, x: products.append(x.shape) or real(self, x))
-    x = torch.randn(rows, 64).to(torch.bfloat16)
+    x = torch.randn(rows, 64).to(dtype)
     with torch.inference_mode():
         outputs = [p(x) for p in linears]
     assert len(products) == 1  # packed, one wide product at every row count
     for output, (weight, bias) in zip(outputs, own):
-        _assert_close(output, F.linear(x, weight, bias), torch.bfloat16)
+        _assert_close(output, F.linear(x, weight, bias), dtype)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", PACKABLE_DTYPES)
 def test_engines_pack_every_linear_unless_turned_off(make_engine, dtype):
+    dtype = str(dtype).removeprefix("torch.")
     packed, plain = make_engine(dtype=dtype), make_engine(dtype=dtype, packed_weights=False)
     layers = packed.runner.model_config.num_hidden_layers
     # the q/k/v and gate/up groups once each, o and down, and lm_head.
