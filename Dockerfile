@@ -53,11 +53,12 @@ RUN mkdir -p services/_generated \
  && touch services/_generated/__init__.py \
  && pip install --no-deps --editable .
 
-# The AVX-512 kernels (worker/engine/cpu_kernels: decode attention, greedy argmax, rotary embedding,
-# and for bfloat16 a fused norm, MLP activation and prefill softmax), compiled here so that the
-# runtime image needs no compiler. Workers load them only
-# on an AVX-512 CPU; a failed build is reported and costs only speed (torch's SDPA and operations
-# are used instead).
+# The CPU kernels (worker/engine/cpu_kernels), both instruction sets, compiled here so that the
+# runtime image needs no compiler: the AVX-512 set (decode attention, greedy argmax, rotary
+# embedding, fused norms and MLP activation, compiled decode layers, bfloat16 prefill softmax) and
+# the AVX2 set (decode attention). A worker loads the set its CPU runs; a failed build is reported
+# and costs only speed (torch's SDPA and operations are used instead). Building a set the builder's
+# CPU cannot run is fine: it is compiled, never imported, here.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ \

@@ -29,8 +29,9 @@ $(GEN): protos/ferrum.proto $(STAMP)
 		--grpc_python_out=. --pyi_out=. services/_generated/ferrum.proto
 	touch services/_generated/__init__.py
 
-# The AVX-512 kernels (worker/engine/cpu_kernels); a no-op when built, a warning when they cannot
-# be built (the engine then uses torch's SDPA and operations).
+# The CPU kernels for this CPU's instruction set, AVX-512 or AVX2 (worker/engine/cpu_kernels); a
+# no-op when built, a warning when they cannot be built (the engine then uses torch's SDPA and
+# operations).
 kernels: $(STAMP)
 	$(PY) -m worker.engine.cpu_kernels
 

@@ -1,8 +1,9 @@
 """The compiled CPU paged decode attention (worker/engine/cpu_kernels) against torch's SDPA over
 the same blocks gathered into contiguous contexts.
 
-`make test` builds the kernel in its set-up (`make kernels`), so on an AVX-512 machine with a
-compiler these run; elsewhere the engine uses SDPA and only the first test has something to say.
+`make test` builds the kernel in its set-up (`make kernels`), so on an AVX-512 or AVX2 machine with
+a compiler these run (each against its own instruction set's build); elsewhere the engine uses
+SDPA and only the first test has something to say.
 """
 
 from __future__ import annotations
@@ -179,12 +180,12 @@ def test_a_missing_or_unloadable_build_means_sdpa_not_a_crash(tmp_path, monkeypa
     from worker.engine import cpu_kernels
 
     monkeypatch.setattr(cpu_kernels, "cpu_supports_kernels", lambda: True)
-    monkeypatch.setattr(cpu_kernels, "library_path", lambda: tmp_path / "absent.so")
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda kernels=None: tmp_path / "absent.so")
     assert cpu_kernels._extension.__wrapped__() is None
     assert "make kernels" in caplog.text
     broken = tmp_path / "broken.so"
     broken.write_bytes(b"not an ELF file")
-    monkeypatch.setattr(cpu_kernels, "library_path", lambda: broken)
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda kernels=None: broken)
     assert cpu_kernels._extension.__wrapped__() is None
     assert "do not load" in caplog.text
 
@@ -193,11 +194,11 @@ def test_a_failed_build_is_reported_and_fails_only_when_strict(tmp_path, monkeyp
     from worker.engine import cpu_kernels
     from worker.engine.cpu_kernels.__main__ import main
 
-    def compiler_fails(verbose=False):
+    def compiler_fails(verbose=False, kernels=None):
         raise RuntimeError("Error building extension\nninja: build stopped: subcommand failed.")
 
-    monkeypatch.setattr(cpu_kernels, "cpu_supports_kernels", lambda: True)
-    monkeypatch.setattr(cpu_kernels, "library_path", lambda: tmp_path / "absent.so")
+    monkeypatch.setattr(cpu_kernels, "kernel_set", lambda: cpu_kernels.AVX2)
+    monkeypatch.setattr(cpu_kernels, "library_path", lambda kernels=None: tmp_path / "absent.so")
     monkeypatch.setattr(cpu_kernels, "build", compiler_fails)
     assert main([]) == 0
     assert "build failed (ninja: build stopped: subcommand failed.); the engine uses torch SDPA" in capsys.readouterr().err

@@ -1,20 +1,26 @@
 """Compiled CPU kernels: built ahead of time (`make kernels`), loaded if present, never required.
 
-One extension of seven sources: the AVX-512 paged decode attention (decode_attention.cpp), the fused
-bfloat16 RMSNorm and SiLU-multiply (fused_layers.cpp), the greedy argmax over a step's logits
-(greedy_argmax.cpp), the rotary position embedding of queries and keys (rotary_embedding.cpp), the
-causal softmax of bfloat16 prefill scores (causal_softmax.cpp), a bfloat16 decoder layer of a
-decode-only step calling the others (decode_layer.cpp) and their Python bindings (bindings.cpp),
-with what they share (exp, bfloat16 rounding, masked loads and stores of a row's tail) in
-vector_math.h and the decode kernel's block reading order and prefetch in block_read_order.h. The
-functions below return them when a build for these exact sources, compiler flags, torch and Python
-exists and the CPU runs AVX-512; otherwise None, and the engine uses torch's own operations. A
-worker never compiles: building takes 60-90 s of two cores and needs a C++ compiler, so it happens
-once, in `make setup` (or `python -m worker.engine.cpu_kernels`), and a failed build only costs
-speed.
+One extension per instruction set, built for the CPU torch runs its own kernels for:
+- AVX-512 (torch's AVX512 or AMX level), nine sources: the paged decode attention
+  (decode_attention.cpp, its arithmetic in decode_attention_avx512.cpp), the fused bfloat16
+  RMSNorm and SiLU-multiply (fused_layers.cpp) and their float32 forms (float32_layers.cpp), the
+  greedy argmax over a step's logits (greedy_argmax.cpp), the rotary position embedding of queries
+  and keys (rotary_embedding.cpp), the causal softmax of bfloat16 prefill scores
+  (causal_softmax.cpp), a decoder layer of a decode-only step calling the others
+  (decode_layer.cpp) and their Python bindings (bindings.cpp), with what they share (exp, bfloat16
+  rounding, masked loads and stores of a row's tail) in vector_math.h and the decode kernel's
+  block reading order and prefetch in block_read_order.h;
+- AVX2 (torch's AVX2 level: AMD Zen 1-3, Intel before AVX-512), the paged decode attention alone
+  (decode_attention_avx2.cpp, vector_math_avx2.h): the kernel worth most there. Where a function is
+  missing from the build, the engine runs torch's operations for it.
+The functions below return a kernel when a build for these exact sources, compiler flags, torch and
+Python exists and the CPU runs its instruction set; otherwise None. A worker never compiles:
+building takes 1-5 min of two cores (on an AMD EPYC: the AVX-512 set 266 s, the AVX2 set 100 s)
+and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
+worker.engine.cpu_kernels`), and a failed build only costs speed.
 
-Invariant: a build directory's name is a hash of everything the binary depends on, so a stale
-binary is never loaded; it is simply not found.
+Invariant: a build directory's name is the instruction set and a hash of everything the binary
+depends on, so a stale binary is never loaded; it is simply not found.
 """
 
 from __future__ import annotations
@@ -34,13 +40,38 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).with_name(name)
-                for name in ("decode_attention.cpp", "fused_layers.cpp", "float32_layers.cpp", "greedy_argmax.cpp",
-                             "rotary_embedding.cpp", "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"))
-HEADERS = tuple(Path(__file__).with_name(name) for name in ("vector_math.h", "block_read_order.h"))  # #included
-BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", Path(__file__).with_name("_build")))
-CFLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp")  # what torch's AVX512 level implies
+_HERE = Path(__file__).parent
+BUILD_ROOT = Path(os.environ.get("FERRUM_INFER_KERNEL_DIR", _HERE / "_build"))
 LDFLAGS = ("-fopenmp",)  # resolves to the libgomp torch has already loaded (same soname)
+
+
+@dataclass(frozen=True)
+class KernelSet:
+    """The sources of one instruction set's extension and the flags that compile them."""
+
+    name: str
+    capabilities: tuple[str, ...]  # torch.backends.cpu.get_cpu_capability() values whose CPUs run it
+    sources: tuple[Path, ...]
+    headers: tuple[Path, ...]  # #included
+    cflags: tuple[str, ...]
+
+
+def _paths(*names: str) -> tuple[Path, ...]:
+    return tuple(_HERE / name for name in names)
+
+
+AVX512 = KernelSet(
+    "avx512", ("AVX512", "AMX"),
+    _paths("decode_attention.cpp", "decode_attention_avx512.cpp", "fused_layers.cpp", "float32_layers.cpp",
+           "greedy_argmax.cpp", "rotary_embedding.cpp", "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"),
+    _paths("decode_attention.h", "vector_math.h", "block_read_order.h"),
+    ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp"))  # what torch's AVX512 level implies
+AVX2 = KernelSet(
+    "avx2", ("AVX2",),
+    _paths("decode_attention.cpp", "decode_attention_avx2.cpp", "bindings.cpp"),
+    _paths("decode_attention.h", "vector_math_avx2.h", "block_read_order.h"),
+    ("-O3", "-mavx2", "-mfma", "-fopenmp"))  # what torch's AVX2 level implies
+KERNEL_SETS = (AVX512, AVX2)
 NAME = "ferrum_cpu_kernels"
 
 # (queries, key_cache, value_cache, block_tables, starts, ends, scale) -> output; see the .cpp's contract.
@@ -68,40 +99,57 @@ class FusedLayerKernels:
     silu_mul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (gate, up)
 
 
-def build_key() -> str:
-    digest = hashlib.sha256()
-    for source in (*SOURCES, *HEADERS):
-        digest.update(source.read_bytes())
-    for part in (*CFLAGS, *LDFLAGS, torch.__version__, sys.version):
-        digest.update(part.encode())
-    return digest.hexdigest()[:16]
-
-
-def build_dir() -> Path:
-    return BUILD_ROOT / build_key()
-
-
-def library_path() -> Path:
-    return build_dir() / f"{NAME}.so"  # torch.utils.cpp_extension's name for it on Linux
+def kernel_set() -> KernelSet | None:
+    """The instruction set this CPU's kernels are built for: torch's own choice of level."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return next((kernels for kernels in KERNEL_SETS if capability in kernels.capabilities), None)
 
 
 def cpu_supports_kernels() -> bool:
-    """AVX-512 (torch reports AVX512 or AMX capability) on an x86 CPU."""
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+    """An x86 CPU with AVX-512 or AVX2 (as torch reports its level)."""
+    return kernel_set() is not None
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile into build_dir(); returns the shared library's path. Raises on any failure."""
+def build_key(kernels: KernelSet) -> str:
+    digest = hashlib.sha256()
+    for source in (*kernels.sources, *kernels.headers):
+        digest.update(source.read_bytes())
+    for part in (*kernels.cflags, *LDFLAGS, torch.__version__, sys.version):
+        digest.update(part.encode())
+    return f"{kernels.name}-{digest.hexdigest()[:16]}"
+
+
+def build_dir(kernels: KernelSet | None = None) -> Path:
+    return BUILD_ROOT / build_key(kernels or kernel_set() or AVX512)
+
+
+def module_name(kernels: KernelSet | None = None) -> str:
+    """One name per set: torch's JIT builder renames a second build of one name in a process."""
+    return f"{NAME}_{(kernels or kernel_set() or AVX512).name}"
+
+
+def library_path(kernels: KernelSet | None = None) -> Path:
+    return build_dir(kernels) / f"{module_name(kernels)}.so"  # torch.utils.cpp_extension's name for it on Linux
+
+
+def build(verbose: bool = False, kernels: KernelSet | None = None) -> Path:
+    """Compile `kernels` (this CPU's set by default) into build_dir(); returns the shared library's
+    path. Raises on any failure."""
     from torch.utils.cpp_extension import load
 
-    directory = build_dir()
+    kernels = kernels or kernel_set() or AVX512
+    directory = build_dir(kernels)
     directory.mkdir(parents=True, exist_ok=True)
-    load(NAME, [str(source) for source in SOURCES], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
-         build_directory=str(directory), verbose=verbose)
+    # Not imported as a Python module here: its initialisation runs the set's instructions, and an
+    # image builder may lack them (the AVX-512 set's import is SIGILL on an AVX2 EPYC; loading it
+    # as a plain library is not). _extension() imports it where the CPU runs it.
+    load(module_name(kernels), [str(source) for source in kernels.sources], extra_cflags=list(kernels.cflags),
+         extra_ldflags=list(LDFLAGS), build_directory=str(directory), verbose=verbose, is_python_module=False)
+    current = {build_dir(each) for each in KERNEL_SETS}
     for stale in BUILD_ROOT.iterdir():  # builds of earlier sources or torch versions
-        if stale.is_dir() and stale != directory:
+        if stale.is_dir() and stale not in current:
             shutil.rmtree(stale, ignore_errors=True)
-    return library_path()
+    return library_path(kernels)
 
 
 def kernel_supports(head_dim: int, group: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -115,14 +163,14 @@ def kernel_supports(head_dim: int, group: int, dtype: torch.dtype, device: torch
 def _extension():
     """The loaded extension module, or None (with the reason logged once)."""
     if not cpu_supports_kernels():
-        log.info("cpu kernels: this CPU has no AVX-512; using torch's operations")
+        log.info("cpu kernels: this CPU has neither AVX-512 nor AVX2; using torch's operations")
         return None
     library = library_path()
     if not library.exists():
         log.warning("cpu kernels not built for this torch/source (run `make kernels`); using torch's operations")
         return None
     try:
-        spec = importlib.util.spec_from_file_location(NAME, library)
+        spec = importlib.util.spec_from_file_location(module_name(), library)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except (ImportError, OSError) as error:  # a build the loader refuses: run without, say why
@@ -135,7 +183,7 @@ def _extension():
 def _compiled(name: str) -> Callable | None:
     """The extension's function `name`, or None when no build loads here."""
     module = _extension()
-    return getattr(module, name) if module is not None else None
+    return getattr(module, name, None) if module is not None else None  # None: not in this set
 
 
 def decode_attention_kernel() -> DecodeAttention | None:
@@ -150,8 +198,8 @@ def decode_step_kernel() -> DecodeStep | None:
 
 def fused_layer_kernels() -> FusedLayerKernels | None:
     """The compiled RMSNorm and SiLU-multiply, bfloat16 and float32 (fused_layers.cpp, float32_layers.cpp), or None."""
-    module = _extension()
-    return FusedLayerKernels(module.rms_norm, module.silu_mul) if module is not None else None
+    rms_norm, silu_mul = _compiled("rms_norm"), _compiled("silu_mul")
+    return FusedLayerKernels(rms_norm, silu_mul) if rms_norm is not None and silu_mul is not None else None
 
 
 def greedy_argmax_kernel() -> Callable[[torch.Tensor], torch.Tensor] | None:

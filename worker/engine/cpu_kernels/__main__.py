@@ -1,7 +1,9 @@
 """`python -m worker.engine.cpu_kernels`: build the CPU kernels for this torch and CPU.
 
-Exits 0 even when the build is impossible (no AVX-512, no compiler): the engine then uses torch
-SDPA, and the message says so. `--strict` exits 1 instead (for checking a build environment).
+Builds the set for this CPU's instruction set (AVX-512 or AVX2; see __init__.py), or with
+`--any-cpu` every set (an image built for other machines). Exits 0 even when the build is
+impossible (neither instruction set, no compiler): the engine then uses torch's SDPA, and the
+message says so. `--strict` exits 1 instead (for checking a build environment).
 """
 
 from __future__ import annotations
@@ -18,21 +20,26 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--strict", action="store_true", help="exit 1 when the kernels cannot be built")
     parser.add_argument("--any-cpu", action="store_true",
-                        help="build even if this CPU lacks AVX-512 (an image built for other machines)")
+                        help="build every instruction set's kernels (an image built for other machines)")
     parser.add_argument("--verbose", action="store_true", help="show the compiler's output")
     args = parser.parse_args(argv)
     failed = 1 if args.strict else 0
-    if not (args.any_cpu or cpu_kernels.cpu_supports_kernels()):
-        print("cpu kernels: skipped, this CPU has no AVX-512 (the engine uses torch SDPA)")
+    kernel_sets = cpu_kernels.KERNEL_SETS if args.any_cpu else [cpu_kernels.kernel_set()]
+    if kernel_sets == [None]:
+        print("cpu kernels: skipped, this CPU has neither AVX-512 nor AVX2 (the engine uses torch SDPA)")
         return failed
-    library = cpu_kernels.library_path()
+    return max(_build(kernels, args.verbose, failed) for kernels in kernel_sets)
+
+
+def _build(kernels: cpu_kernels.KernelSet, verbose: bool, failed: int) -> int:
+    library = cpu_kernels.library_path(kernels)
     if library.exists():
         print(f"cpu kernels: up to date ({library})")
         return 0
-    print("cpu kernels: compiling (about 60-90 s) ...", flush=True)
+    print(f"cpu kernels: compiling the {kernels.name} set (about 1-5 min) ...", flush=True)
     started = time.monotonic()
     try:
-        library = cpu_kernels.build(verbose=args.verbose)
+        library = cpu_kernels.build(verbose=verbose, kernels=kernels)
     except Exception as error:  # a compiler missing or failing only costs speed
         reason = (str(error).strip().splitlines() or [repr(error)])[-1]  # a compiler log ends with its verdict
         print(f"cpu kernels: build failed ({reason}); the engine uses torch SDPA", file=sys.stderr)
