@@ -56,7 +56,7 @@ RUN mkdir -p services/_generated \
 # The CPU kernels (worker/engine/cpu_kernels), both instruction sets, compiled here so that the
 # runtime image needs no compiler: the AVX-512 set (decode attention, greedy argmax, rotary
 # embedding, fused norms and MLP activation, compiled decode layers, bfloat16 prefill softmax) and
-# the AVX2 set (decode attention). A worker loads the set its CPU runs; a failed build is reported
+# the AVX2 set (the same in float32, without the argmax). A worker loads the set its CPU runs; a failed build is reported
 # and costs only speed (torch's SDPA and operations are used instead). Building a set the builder's
 # CPU cannot run is fine: it is compiled, never imported, here.
 # hadolint ignore=DL3008

@@ -10,8 +10,9 @@ say) disagrees and keeps its own forward. In bfloat16 the kernels may differ fro
 bit (the order of the variance's float32 sum); in float32, where the greedy-exactness oracle is
 torch's own arithmetic, they must give torch's result bit for bit, and the check asks exactly that.
 The float32 kernels follow how torch splits its work among vector lanes and threads, which they
-know for torch's AVX-512 kernels: on a CPU where torch runs another level, float32 modules keep
-torch's operations.
+know for torch's AVX-512 and AVX2 kernels: on a CPU where torch runs another level, float32 modules
+keep torch's operations (cpu_kernels.fused_layer_dtypes). bfloat16 modules are fused with the
+AVX-512 kernel set only.
 
 Why: at decode an eager RMSNorm is nine small operations, each costing its dispatch, and at
 prefill each is a pass over megabytes. Measured in-process on bench-135m in bfloat16 (32 prompts
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from worker.engine.agreement import agrees, check_rows, swap_agreeing_forwards
-from worker.engine.cpu_kernels import FusedLayerKernels
+from worker.engine.cpu_kernels import FusedLayerKernels, fused_layer_dtypes
 
 _SILU_CLASSES = {"SiLU", "SiLUActivation"}  # torch's and transformers' (ACT2FN["silu"])
 
@@ -80,7 +81,7 @@ def _is_silu_mlp(module: torch.nn.Module) -> bool:
 
 
 def _fusable(dtype: torch.dtype) -> bool:
-    return dtype == torch.bfloat16 or (dtype == torch.float32 and torch.backends.cpu.get_cpu_capability() == "AVX512")
+    return dtype in fused_layer_dtypes()
 
 
 def _agrees(module: torch.nn.Module, fused: Callable) -> bool:

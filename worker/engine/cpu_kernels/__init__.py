@@ -10,9 +10,12 @@ One extension per instruction set, built for the CPU torch runs its own kernels 
   (decode_layer.cpp) and their Python bindings (bindings.cpp), with what they share (exp, bfloat16
   rounding, masked loads and stores of a row's tail) in vector_math.h and the decode kernel's
   block reading order and prefetch in block_read_order.h;
-- AVX2 (torch's AVX2 level: AMD Zen 1-3, Intel before AVX-512), the paged decode attention alone
-  (decode_attention_avx2.cpp, vector_math_avx2.h): the kernel worth most there. Where a function is
-  missing from the build, the engine runs torch's operations for it.
+- AVX2 (torch's AVX2 level: AMD Zen 1-3, Intel before AVX-512), seven sources: the paged decode
+  attention (decode_attention_avx2.cpp), the float32 RMSNorm and SiLU-multiply, the rotary
+  embedding and the compiled decode layers, from the same sources as the AVX-512 set's (their
+  vector operations named alike in vector_math_avx2.h), and their bindings. No bfloat16 fused
+  layers, greedy argmax or prefill softmax: where a function is missing from the build (or refuses
+  bfloat16), the engine runs torch's operations for it.
 The functions below return a kernel when a build for these exact sources, compiler flags, torch and
 Python exists and the CPU runs its instruction set; otherwise None. A worker never compiles:
 building takes 1-5 min of two cores (on an AMD EPYC: the AVX-512 set 266 s, the AVX2 set 100 s)
@@ -68,9 +71,12 @@ AVX512 = KernelSet(
     ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp"))  # what torch's AVX512 level implies
 AVX2 = KernelSet(
     "avx2", ("AVX2",),
-    _paths("decode_attention.cpp", "decode_attention_avx2.cpp", "bindings.cpp"),
+    _paths("decode_attention.cpp", "decode_attention_avx2.cpp", "fused_layers.cpp", "float32_layers.cpp",
+           "rotary_embedding.cpp", "decode_layer.cpp", "bindings.cpp"),
     _paths("decode_attention.h", "vector_math_avx2.h", "block_read_order.h"),
-    ("-O3", "-mavx2", "-mfma", "-fopenmp"))  # what torch's AVX2 level implies
+    # what torch's AVX2 level implies; no multiply fused into an add unless written as an FMA, so
+    # the float32 kernels round where torch does (vector_math_avx2.h)
+    ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"))
 KERNEL_SETS = (AVX512, AVX2)
 NAME = "ferrum_cpu_kernels"
 
@@ -103,6 +109,16 @@ def kernel_set() -> KernelSet | None:
     """The instruction set this CPU's kernels are built for: torch's own choice of level."""
     capability = torch.backends.cpu.get_cpu_capability()
     return next((kernels for kernels in KERNEL_SETS if capability in kernels.capabilities), None)
+
+
+def fused_layer_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes whose RMSNorm and SiLU-multiply the kernels fuse: bfloat16 with the AVX-512 set;
+    float32 where torch runs the level whose rounding float32_layers.cpp reproduces (its AVX512 or
+    AVX2 kernels; its AMX level is another organisation)."""
+    dtypes = (torch.bfloat16,) if kernel_set() is AVX512 else ()
+    if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX2"):
+        dtypes += (torch.float32,)
+    return dtypes
 
 
 def cpu_supports_kernels() -> bool:

@@ -1,5 +1,5 @@
 // The Python module of the CPU kernels: one extension, one entry per kernel source. An AVX2 build
-// (no __AVX512F__) holds decode attention only; the other kernels are AVX-512 code.
+// (no __AVX512F__) has no greedy argmax or prefill softmax, whose sources are AVX-512 code.
 #include <torch/extension.h>
 
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor block_tables,
@@ -24,12 +24,12 @@ using WithoutGil = pybind11::call_guard<pybind11::gil_scoped_release>;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("paged_decode_attention", &paged_decode_attention, WithoutGil());
   m.def("paged_decode_step", &paged_decode_step, WithoutGil());
-#ifdef __AVX512F__
   m.def("rms_norm", &rms_norm, WithoutGil());
   m.def("silu_mul", &silu_mul, WithoutGil());
-  m.def("greedy_argmax", &greedy_argmax, WithoutGil());
   m.def("rotary_embedding", &rotary_embedding, WithoutGil());
-  m.def("causal_softmax_", &causal_softmax_, WithoutGil());
   bind_decode_layer(m);
+#ifdef __AVX512F__
+  m.def("greedy_argmax", &greedy_argmax, WithoutGil());
+  m.def("causal_softmax_", &causal_softmax_, WithoutGil());
 #endif
 }

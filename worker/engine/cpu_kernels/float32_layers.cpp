@@ -12,18 +12,24 @@
 //   CPUs, with the cascade of SumKernel.cpp (multi_row_sum: 4 interleaved vector accumulators, four
 //   levels of partial sums), then the row's tail, then the 8 lanes in order; rsqrt is torch's own
 //   operation (on x86 it is MKL's, which differs from 1 / sqrt in the last bit);
-// - silu: torch's AVX-512 kernel computes x / (1 + exp(-x)) with Sleef's expf (1-ulp) on pairs of
-//   16-lane vectors from the start of each contiguous run it is handed, and glibc's expf on the
-//   run's last few elements; runs are rows (or the whole tensor when contiguous) cut where
-//   at::parallel_for splits the elements among threads (GRAIN_SIZE). Sleef's expf is called from
-//   libtorch_cpu itself; where it cannot be found, silu_mul runs torch's operations.
+// - silu: torch's vectorized kernel computes x / (1 + exp(-x)) with Sleef's expf (1-ulp) on pairs
+//   of vectors (16 lanes on AVX-512, 8 on AVX2) from the start of each contiguous run it is handed,
+//   and glibc's expf on the run's last few elements; runs are rows (or the whole tensor when
+//   contiguous) cut where at::parallel_for splits the elements among threads (GRAIN_SIZE). Sleef's
+//   expf of the register width is called from libtorch_cpu itself; where it cannot be found,
+//   silu_mul runs torch's operations.
+// The same source builds into the AVX-512 and the AVX2 kernel sets (cpu_kernels/__init__.py).
 // fused_layers.py checks the result against the module's own forward, bit for bit, at load; the
 // unit tests compare with torch over shapes, row counts and thread counts.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <immintrin.h>
+#ifdef __AVX512F__
 #include "vector_math.h"
+#else
+#include "vector_math_avx2.h"
+#endif
 #include <algorithm>
 #include <cmath>
 
@@ -32,19 +38,25 @@ namespace {
 constexpr int64_t kSumLanes = 8;          // torch's float32 sum: its AVX2 kernel
 constexpr int64_t kInterleaved = 4;       // SumKernel.cpp's ilp_factor
 constexpr int64_t kLevels = 4;            // SumKernel.cpp's num_levels
-constexpr int64_t kSiluRun = 32;          // torch's vectorized loop: two 16-lane vectors at a time
+constexpr int64_t kSiluRun = 2 * kLanes;  // torch's vectorized loop: two vectors at a time
 constexpr int64_t kRowGrainElements = 1 << 14;
 
-using Exp16 = __m512 (*)(__m512);
+using ExpVec = Vec (*)(Vec);
+#ifdef __AVX512F__
+constexpr const char* kSleefExp = "Sleef_expf16_u10";
+#else
+constexpr const char* kSleefExp = "Sleef_expf8_u10";
+#endif
 
-// Sleef's 16-lane expf as linked into libtorch_cpu (the function torch's Vectorized<float>::exp calls).
-Exp16 torch_exp16() {
-  static const Exp16 exp16 = [] {
+// Sleef's expf of the register width as linked into libtorch_cpu (the function torch's
+// Vectorized<float>::exp calls).
+ExpVec torch_exp() {
+  static const ExpVec exp = [] {
     void* library = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-    void* symbol = library ? dlsym(library, "Sleef_expf16_u10") : nullptr;
-    return reinterpret_cast<Exp16>(symbol ? symbol : dlsym(RTLD_DEFAULT, "Sleef_expf16_u10"));
+    void* symbol = library ? dlsym(library, kSleefExp) : nullptr;
+    return reinterpret_cast<ExpVec>(symbol ? symbol : dlsym(RTLD_DEFAULT, kSleefExp));
   }();
-  return exp16;
+  return exp;
 }
 
 int64_t ceil_log2(int64_t x) {
@@ -53,10 +65,16 @@ int64_t ceil_log2(int64_t x) {
   return x <= 2 ? 1 : bits;
 }
 
-// x * x of 8 floats, rounded on its own (a 512-bit multiply with explicit rounding is never fused).
+// x * x of 8 floats, rounded on its own: a 512-bit multiply with explicit rounding is never fused
+// into the add that follows; the AVX2 set compiles with -ffp-contract=off, which says the same.
 inline __m256 squares8(const float* p) {
+#ifdef __AVX512F__
   const __m512 x = _mm512_castps256_ps512(_mm256_loadu_ps(p));
   return _mm512_castps512_ps256(_mm512_mul_round_ps(x, x, kNearest));
+#else
+  const __m256 x = _mm256_loadu_ps(p);
+  return _mm256_mul_ps(x, x);
+#endif
 }
 
 // sum(x[i]^2) in the order of torch's vectorized_inner_sum -> row_sum -> multi_row_sum.
@@ -100,15 +118,14 @@ float sum_of_squares(const float* row, int64_t n) {
 }
 
 // silu(g) * u over one contiguous run, as torch's vectorized loop treats a run it is handed.
-void silu_mul_run(const float* g, const float* u, float* out, int64_t length, Exp16 exp16) {
-  const __m512 one = _mm512_set1_ps(1.f);
+void silu_mul_run(const float* g, const float* u, float* out, int64_t length, ExpVec exp) {
+  const Vec one = broadcast(1.f);
   int64_t i = 0;
   for (; i + kSiluRun <= length; i += kSiluRun) {
     for (int64_t h = i; h < i + kSiluRun; h += kLanes) {
-      const __m512 x = _mm512_loadu_ps(g + h);
-      const __m512 denominator = _mm512_add_round_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)), kNearest);
-      const __m512 silu = _mm512_div_round_ps(x, denominator, kNearest);
-      _mm512_storeu_ps(out + h, _mm512_mul_round_ps(silu, _mm512_loadu_ps(u + h), kNearest));
+      const Vec x = load(g + h);
+      const Vec silu = div_rounded(x, add_rounded(one, exp(zero_minus(x))));
+      store(out + h, mul_rounded(silu, load(u + h)));
     }
   }
   for (; i < length; ++i) out[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
@@ -138,11 +155,11 @@ torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, 
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const float* in = xp + r * n;
-      const __m512 scale = _mm512_set1_ps(ip[r]);
+      const Vec scale = broadcast(ip[r]);
       int64_t i = 0;
       for (; i + kLanes <= n; i += kLanes) {
-        const __m512 normed = _mm512_mul_round_ps(_mm512_loadu_ps(in + i), scale, kNearest);
-        _mm512_storeu_ps(op + r * n + i, _mm512_mul_round_ps(_mm512_loadu_ps(wp + i), normed, kNearest));
+        const Vec normed = mul_rounded(load(in + i), scale);
+        store(op + r * n + i, mul_rounded(load(wp + i), normed));
       }
       for (; i < n; ++i) op[r * n + i] = wp[i] * (in[i] * ip[r]);  // no add: nothing to fuse
     }
@@ -152,8 +169,8 @@ torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, 
 
 // gate, up [..., n] float32 of one shape, each row contiguous (rows may be strided).
 torch::Tensor silu_mul_f32(const torch::Tensor& gate, const torch::Tensor& up) {
-  const Exp16 exp16 = torch_exp16();
-  if (exp16 == nullptr) return at::silu(gate) * up;
+  const ExpVec exp = torch_exp();
+  if (exp == nullptr) return at::silu(gate) * up;
   const int64_t n = gate.size(-1);
   auto out = torch::empty(gate.sizes(), gate.options());
   // A contiguous gate is one run to torch (its rows coalesce into one dimension), a strided one a
@@ -167,11 +184,11 @@ torch::Tensor silu_mul_f32(const torch::Tensor& gate, const torch::Tensor& up) {
   const float* upp = up_rows.data_ptr<float>();
   float* op = out.data_ptr<float>();
   auto elements = [&](int64_t begin, int64_t end) {
-    if (one_run) return silu_mul_run(gp + begin, upp + begin, op + begin, end - begin, exp16);
+    if (one_run) return silu_mul_run(gp + begin, upp + begin, op + begin, end - begin, exp);
     for (int64_t position = begin; position < end;) {
       const int64_t row = position / n, column = position % n, length = std::min(n - column, end - position);
       silu_mul_run(gp + row * gate_stride + column, upp + row * up_stride + column, op + row * n + column, length,
-                   exp16);
+                   exp);
       position += length;
     }
   };

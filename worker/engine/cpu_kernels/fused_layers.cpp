@@ -1,5 +1,6 @@
 // Two of a decoder layer's elementwise blocks as one pass each, on the CPU. This file is the
-// bfloat16 arithmetic; float32 tensors go to float32_layers.cpp, which rounds exactly as torch does.
+// bfloat16 arithmetic, AVX-512 only (the AVX2 set refuses bfloat16: on those CPUs bfloat16 is
+// served widened); float32 tensors go to float32_layers.cpp, which rounds exactly as torch does.
 //
 // Why: in eager torch an RMSNorm is nine operations (a float32 copy, pow, mean, add, rsqrt, two
 // multiplies, a bfloat16 copy) and the MLP's activation two (silu, multiply). At decode (one token
@@ -15,7 +16,9 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#ifdef __AVX512F__
 #include "vector_math.h"
+#endif
 #include <algorithm>
 #include <cmath>
 
@@ -26,10 +29,12 @@ namespace {
 
 constexpr int64_t kGrainElements = 1 << 14;  // below this a call stays on one thread
 
+#ifdef __AVX512F__
 // exp over float32's whole range: past it the result saturates to 0 or inf, as expf's does.
 inline __m512 exp16(__m512 x) {
   return exp16_in_range(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.f)), _mm512_set1_ps(89.f)));
 }
+#endif
 
 bool is_float32(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat; }
 
@@ -54,6 +59,9 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == n && n > 0, "x's last dimension must match weight");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "x and weight must have one dtype");
   if (is_float32(x)) return rms_norm_f32(x, weight, eps);
+#ifndef __AVX512F__
+  TORCH_CHECK(false, "a bfloat16 rms_norm needs the AVX-512 kernel set");
+#else
   auto out = torch::empty_like(x);
   const int64_t rows = x.numel() / n;
   const auto* xp = x.data_ptr<c10::BFloat16>();
@@ -78,6 +86,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
     }
   });
   return out;
+#endif
 }
 
 torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
@@ -87,6 +96,9 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
               "gate and up must have one shape and one dtype");
   if (gate.numel() == 0) return torch::empty(gate.sizes(), gate.options());
   if (is_float32(gate)) return silu_mul_f32(gate, up);
+#ifndef __AVX512F__
+  TORCH_CHECK(false, "a bfloat16 silu_mul needs the AVX-512 kernel set");
+#else
   const int64_t n = gate.size(-1);
   auto out = torch::empty(gate.sizes(), gate.options());
   // Rows may be strided (gate and up as the two halves of one projection's output), elements not.
@@ -111,4 +123,5 @@ torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
     }
   });
   return out;
+#endif
 }

@@ -20,22 +20,26 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#ifdef __AVX512F__
 #include "vector_math.h"
+#else
+#include "vector_math_avx2.h"  // the AVX2 set (cpu_kernels/__init__.py)
+#endif
 #include <algorithm>
 #include <tuple>
 
 namespace {
 
 // To the dtype's precision: float32 results are already rounded; bfloat16 ones round here.
-inline __m512 round_to(__m512 x, const float*) { return x; }
-inline __m512 round_to(__m512 x, const c10::BFloat16*) { return round_to_bf16(x); }
+inline Vec round_to(Vec x, const float*) { return x; }
+inline Vec round_to(Vec x, const c10::BFloat16*) { return round_to_bf16(x); }
 
 // a * b + c * d with each product and the sum rounded to T, as torch's mul, mul, add are.
 template <typename T>
-inline __m512 rotate(__m512 a, __m512 b, __m512 c, __m512 d, const T* tag) {
-  __m512 first = round_to(_mm512_mul_round_ps(a, b, kNearest), tag);
-  __m512 second = round_to(_mm512_mul_round_ps(c, d, kNearest), tag);
-  return _mm512_add_round_ps(first, second, kNearest);
+inline Vec rotate(Vec a, Vec b, Vec c, Vec d, const T* tag) {
+  Vec first = round_to(mul_rounded(a, b), tag);
+  Vec second = round_to(mul_rounded(c, d), tag);
+  return add_rounded(first, second);
 }
 
 // One head's rotation: head_dim values at `in` -> `out`.
@@ -44,10 +48,10 @@ inline void rotate_head(const T* in, const T* c, const T* s, int64_t head_dim, T
   const T* tag = nullptr;
   const int64_t half = head_dim / 2;
   for (int64_t i = 0; i < half; i += kLanes) {
-    const __mmask16 mask = lanes(half - i);
-    __m512 x1 = load_lanes(in + i, mask), x2 = load_lanes(in + half + i, mask);
+    const auto mask = lanes(half - i);
+    Vec x1 = load_lanes(in + i, mask), x2 = load_lanes(in + half + i, mask);
     // rotate_half(x) is (-x2, x1): out1 = x1 cos1 + (-x2) sin1, out2 = x2 cos2 + x1 sin2.
-    __m512 minus_x2 = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x2), _mm512_set1_epi32(INT32_MIN)));
+    Vec minus_x2 = flipped_sign(x2);
     store_lanes(out + i, rotate(x1, load_lanes(c + i, mask), minus_x2, load_lanes(s + i, mask), tag), mask);
     store_lanes(out + half + i, rotate(x2, load_lanes(c + half + i, mask), x1, load_lanes(s + half + i, mask), tag), mask);
   }

@@ -2,9 +2,11 @@
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
+#include <climits>
 #include <cstdint>
 
 constexpr int64_t kLanes = 16;  // float32 values in one AVX-512 register
+using Vec = __m512;
 
 // Rounding for the *_round_ps intrinsics: to nearest, as every float32 operation rounds. An
 // explicitly rounded multiply is never fused into a following add by the compiler, which keeps
@@ -62,3 +64,16 @@ inline void store_lanes(c10::BFloat16* p, __m512 x, __mmask16 mask) {
 // exp for x <= 0 (softmax inputs after subtracting the maximum). Inputs below -87.3 (padding's
 // -inf included) give exp(-87.3) ~ 1e-38 rather than 0: nothing beside the maximum's exp(0) = 1 in a sum.
 inline __m512 exp16_nonpositive(__m512 x) { return exp16_in_range(_mm512_max_ps(x, _mm512_set1_ps(-87.3f))); }
+
+// The names float32_layers.cpp and rotary_embedding.cpp use for either instruction set
+// (vector_math_avx2.h has the same): each operation rounds once, to nearest, as torch's does.
+inline Vec load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, Vec x) { _mm512_storeu_ps(p, x); }
+inline Vec broadcast(float x) { return _mm512_set1_ps(x); }
+inline Vec mul_rounded(Vec a, Vec b) { return _mm512_mul_round_ps(a, b, kNearest); }
+inline Vec add_rounded(Vec a, Vec b) { return _mm512_add_round_ps(a, b, kNearest); }
+inline Vec div_rounded(Vec a, Vec b) { return _mm512_div_round_ps(a, b, kNearest); }
+inline Vec zero_minus(Vec x) { return _mm512_sub_ps(_mm512_setzero_ps(), x); }
+inline Vec flipped_sign(Vec x) {
+  return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(INT32_MIN)));
+}

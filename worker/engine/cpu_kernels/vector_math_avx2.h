@@ -4,14 +4,30 @@
 #pragma once
 #include <c10/util/BFloat16.h>
 #include <immintrin.h>
+#include <climits>
 #include <cstdint>
+#include <cstring>
 
 constexpr int64_t kLanes = 8;  // float32 values in one AVX2 register
+using Vec = __m256;
 
-// The first `count` of a register's 8 lanes (all of them from 8 on), as _mm256_maskstore_ps takes them.
-inline __m256i lanes(int64_t count) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count < kLanes ? count : kLanes)),
-                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+// The first `count` of a register's 8 lanes (all of them from 8 on): a row's tail.
+struct Lanes {
+  int64_t count;
+  bool all() const { return count >= kLanes; }
+  __m256i bits() const {  // as _mm256_maskload_ps and _mm256_maskstore_ps take them
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(all() ? kLanes : count)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+};
+inline Lanes lanes(int64_t count) { return Lanes{count}; }
+
+// float32 rounded to nearest even at bfloat16 precision, as torch's conversion does: the bfloat16
+// value is the upper 16 bits of the result.
+inline __m256i bf16_rounded_bits(Vec x) {
+  __m256i bits = _mm256_castps_si256(x);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb);
 }
 
 // 8 values as float32 (bfloat16 widened exactly).
@@ -24,9 +40,7 @@ inline __m256 load8(const c10::BFloat16* p) {
 // 8 values stored in the pointer's dtype, bfloat16 rounded to nearest even as torch's conversion does.
 inline void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
 inline void store8(c10::BFloat16* p, __m256 x) {
-  __m256i bits = _mm256_castps_si256(x);
-  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb), 16);
+  __m256i rounded = _mm256_srli_epi32(bf16_rounded_bits(x), 16);
   // packus narrows within each 128-bit half; the permute brings the halves' low quadwords together.
   __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(rounded, rounded), 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
@@ -71,4 +85,47 @@ inline __m256 exp8_nonpositive(__m256 x) {
   p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+}
+
+// x rounded to bfloat16 precision, kept in float32 for further arithmetic.
+inline Vec round_to_bf16(Vec x) {
+  return _mm256_castsi256_ps(_mm256_and_si256(bf16_rounded_bits(x), _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+// The lanes in `mask` as float32 (bfloat16 widened exactly), the others 0. AVX2 has no 16-bit
+// masked load: a bfloat16 tail goes through a zeroed buffer.
+inline Vec load_lanes(const float* p, Lanes mask) {
+  return mask.all() ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask.bits());
+}
+inline Vec load_lanes(const c10::BFloat16* p, Lanes mask) {
+  if (mask.all()) return load8(p);
+  c10::BFloat16 tail[kLanes] = {};
+  std::memcpy(tail, p, mask.count * sizeof(c10::BFloat16));
+  return load8(tail);
+}
+
+// The lanes in `mask` stored in the pointer's dtype (bfloat16 rounded to nearest even).
+inline void store_lanes(float* p, Vec x, Lanes mask) {
+  if (mask.all()) return _mm256_storeu_ps(p, x);
+  _mm256_maskstore_ps(p, mask.bits(), x);
+}
+inline void store_lanes(c10::BFloat16* p, Vec x, Lanes mask) {
+  if (mask.all()) return store8(p, x);
+  c10::BFloat16 tail[kLanes];
+  store8(tail, x);
+  std::memcpy(p, tail, mask.count * sizeof(c10::BFloat16));
+}
+
+// The names float32_layers.cpp and rotary_embedding.cpp use for either instruction set
+// (vector_math.h has the same). Each operation rounds once, to nearest, as torch's does: the AVX2
+// set compiles with -ffp-contract=off, so no multiply is fused into an add behind these.
+inline Vec load(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, Vec x) { _mm256_storeu_ps(p, x); }
+inline Vec broadcast(float x) { return _mm256_set1_ps(x); }
+inline Vec mul_rounded(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+inline Vec add_rounded(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline Vec div_rounded(Vec a, Vec b) { return _mm256_div_ps(a, b); }
+inline Vec zero_minus(Vec x) { return _mm256_sub_ps(_mm256_setzero_ps(), x); }
+inline Vec flipped_sign(Vec x) {
+  return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(x), _mm256_set1_epi32(INT32_MIN)));
 }
