@@ -67,13 +67,13 @@ AVX512 = KernelSet(
     "avx512", ("AVX512", "AMX"),
     _paths("decode_attention.cpp", "decode_attention_avx512.cpp", "fused_layers.cpp", "float32_layers.cpp",
            "greedy_argmax.cpp", "rotary_embedding.cpp", "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"),
-    _paths("decode_attention.h", "vector_math.h", "block_read_order.h"),
+    _paths("decode_attention.h", "decode_attention_variants.h", "vector_math.h", "block_read_order.h"),
     ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp"))  # what torch's AVX512 level implies
 AVX2 = KernelSet(
     "avx2", ("AVX2",),
     _paths("decode_attention.cpp", "decode_attention_avx2.cpp", "fused_layers.cpp", "float32_layers.cpp",
            "rotary_embedding.cpp", "decode_layer.cpp", "bindings.cpp"),
-    _paths("decode_attention.h", "vector_math_avx2.h", "block_read_order.h"),
+    _paths("decode_attention.h", "decode_attention_variants.h", "vector_math_avx2.h", "block_read_order.h"),
     # what torch's AVX2 level implies; no multiply fused into an add unless written as an FMA, so
     # the float32 kernels round where torch does (vector_math_avx2.h)
     ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"))

@@ -128,36 +128,6 @@ void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::
   });
 }
 
-// Compiled variants for head_dim 64 or 128 with 1 to 8 query heads per KV head; any other shape
-// runs the general loops.
-template <typename T, int kChunks, int kG = 1>
-void with_group(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const int64_t* tables,
-                int64_t width, const int64_t* starts, const int64_t* ends, float scale, torch::Tensor& out) {
-  if constexpr (kG <= 8) {
-    if (q.size(2) == kG) return decode_kernel<T, kG, kChunks>(q, k, v, tables, width, starts, ends, scale, out);
-    return with_group<T, kChunks, kG + 1>(q, k, v, tables, width, starts, ends, scale, out);
-  } else {
-    decode_kernel<T, 0, kChunks>(q, k, v, tables, width, starts, ends, scale, out);
-  }
-}
-
-template <typename T>
-void dispatch(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const int64_t* tables,
-              int64_t width, const int64_t* starts, const int64_t* ends, float scale, torch::Tensor& out) {
-  switch (q.size(3) / kLanes) {
-    case 8: return with_group<T, 8>(q, k, v, tables, width, starts, ends, scale, out);
-    case 16: return with_group<T, 16>(q, k, v, tables, width, starts, ends, scale, out);
-    default: return decode_kernel<T>(q, k, v, tables, width, starts, ends, scale, out);
-  }
-}
-
 }  // namespace
 
-void attend_paged_blocks(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const int64_t* tables,
-                         int64_t width, const int64_t* starts, const int64_t* ends, float scale, torch::Tensor& out) {
-  if (q.scalar_type() == torch::kFloat) {
-    dispatch<float>(q, k, v, tables, width, starts, ends, scale, out);
-  } else {
-    dispatch<c10::BFloat16>(q, k, v, tables, width, starts, ends, scale, out);
-  }
-}
+#include "decode_attention_variants.h"
