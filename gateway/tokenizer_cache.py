@@ -15,7 +15,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from gateway.errors import OpenAIError, model_not_found, unavailable
-from gateway.model_tokenizer import ModelTokenizer, import_backend
+from gateway.model_tokenizer import ModelTokenizer, warm_up_backend
 from gateway.scheduler_client import SchedulerApi, SchedulerError
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,12 @@ class TokenizerCache:
         return await asyncio.shield(task)
 
     async def preload(self) -> None:
-        """Import the tokenizer library and load the tokenizers of every model served now, so first
-        requests skip that wait."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, import_backend)
+        """Warm the tokenizer library up and load the tokenizers of every model served now, so first
+        requests skip that wait. A failed warm-up only costs the first request its time."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, warm_up_backend)
+        except Exception:
+            log.warning("tokenizer warm-up failed; the first request will load the library", exc_info=True)
         try:
             models = await self._client.list_models()
         except SchedulerError as e:

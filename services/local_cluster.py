@@ -52,11 +52,13 @@ class _Proc:
     env: dict[str, str]
     log_path: Path
     popen: subprocess.Popen | None = None
+    draining: bool = False  # sent SIGTERM since it started: a second one would cut its drain short
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen([sys.executable, *self.args], cwd=REPO_ROOT, env=self.env,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.draining = False
         log.close()
 
     def alive(self) -> bool:
@@ -65,11 +67,14 @@ class _Proc:
     def signal(self, sig: int) -> None:
         if self.alive():
             self.popen.send_signal(sig)
+            self.draining = self.draining or sig == signal.SIGTERM
 
     def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM unless already sent, then SIGKILL if it has not exited after `timeout_s`."""
         if not self.alive():
             return
-        self.popen.terminate()
+        if not self.draining:
+            self.signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

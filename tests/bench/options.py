@@ -62,6 +62,7 @@ class BenchConfig:
     plumbing_ttft_requests: int
     plumbing_model_dir: Path | None  # None: the tiny demo_model preset
     roofline: bool
+    rate_measure_s: float  # each matmul-rate timing repeats for at least this long
     threads: int | None  # torch threads of in-process references; None: all cores
     out_dir: Path
     docs: Path | None  # Markdown file the report is appended to; None: do not append
@@ -79,7 +80,7 @@ _DEFAULT = BenchConfig(
     workers=1, routing=("cache_aware",), prefix_cache=(True,), kv_cache_mb=1024,
     url=None, served_model=None,
     plumbing=True, plumbing_streams=64, plumbing_requests=128, plumbing_input_len=32, plumbing_output_len=32,
-    plumbing_ttft_requests=16, plumbing_model_dir=None, roofline=True, threads=None,
+    plumbing_ttft_requests=16, plumbing_model_dir=None, roofline=True, rate_measure_s=0.5, threads=None,
     out_dir=Path("bench-results"), docs=Path("docs/BENCHMARKS.md"),
 )
 PRESETS = {
@@ -87,7 +88,7 @@ PRESETS = {
     "quick": replace(
         _DEFAULT, preset="quick", model="tiny", concurrency=(1, 8), random_input_len=_R(64, 64),
         random_output_len=_R(32, 32), max_run_s=20.0, plumbing_requests=64, plumbing_output_len=16,
-        plumbing_ttft_requests=8,
+        plumbing_ttft_requests=8, rate_measure_s=0.05,
     ),
 }
 
@@ -167,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     add("--plumbing-ttft-requests", type=int)
     add("--plumbing-model-dir", type=Path, help="tiny model for the plumbing figure (default: built)")
     add("--roofline", action=argparse.BooleanOptionalAction, help="measure matmul rates and report %% of roofline")
+    add("--rate-measure-s", type=float, help="seconds each matmul-rate timing repeats for (default 0.5)")
     add("--threads", type=int, help="torch threads for in-process references (default: all cores)")
     add("--out-dir", type=Path, help="where JSON, PNG and logs go")
     add("--docs", type=Path, help="Markdown file the report is appended to")

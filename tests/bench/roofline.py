@@ -31,10 +31,11 @@ PREFILL_ROWS = 2048
 MIN_MEASURE_S = 0.5
 
 
-def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads: int) -> dict[int, float]:
+def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads: int,
+                         min_seconds: float = MIN_MEASURE_S) -> dict[int, float]:
     """FLOP/s of one pass over every linear of the model at each row count (lm_head included,
     except at PREFILL_ROWS: see the module docstring), from the fastest of repeated passes (a
-    roofline is a bound: the best the machine showed).
+    roofline is a bound: the best the machine showed; each timing repeats for at least `min_seconds`).
 
     Runs in its own process (call through isolated.call): allocates the model's weight shapes."""
     import torch
@@ -55,7 +56,7 @@ def measure_matmul_rates(shape: ModelShape, dtype: str, rows: list[int], threads
     with torch.inference_mode():
         for m, passes in sorted(passes_by_rows.items()):
             flops_per_row = 2 * sum(i * o for i, o in _timed_at(m, layouts[0]))
-            rates[m] = flops_per_row * m / min(_fastest_pass(one_pass) for one_pass in passes)
+            rates[m] = flops_per_row * m / min(_fastest_pass(one_pass, min_seconds) for one_pass in passes)
     return rates
 
 
@@ -73,11 +74,11 @@ def _one_pass(linears: list[tuple[int, int]], products: list, inputs: dict):
     return lambda: [product(inputs[i]) for (i, _), product in zip(linears, products, strict=True)]
 
 
-def _fastest_pass(one_pass) -> float:
-    """Seconds of the fastest of repeated passes (at least 3, over at least MIN_MEASURE_S)."""
+def _fastest_pass(one_pass, min_seconds: float) -> float:
+    """Seconds of the fastest of repeated passes (at least 3, over at least `min_seconds`)."""
     one_pass()
     timings, started = [], time.perf_counter()
-    while len(timings) < 3 or time.perf_counter() - started < MIN_MEASURE_S:
+    while len(timings) < 3 or time.perf_counter() - started < min_seconds:
         before = time.perf_counter()
         one_pass()
         timings.append(time.perf_counter() - before)

@@ -171,7 +171,8 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     if config.roofline:
         for dtype in config.dtypes:
             _say(f"measuring matmul rates ({dtype}, rows {rows})")
-            report.matmul_flops_per_s[dtype] = isolated.call(measure_matmul_rates, shape, dtype, rows, threads)
+            report.matmul_flops_per_s[dtype] = isolated.call(measure_matmul_rates, shape, dtype, rows, threads,
+                                                               config.rate_measure_s)
             report.matmul_rate_samples[dtype] = [report.matmul_flops_per_s[dtype]]
     variants = plan_variants(config, model_dir.name)
     host = _plumbing_host(config, variants, model_dir)
@@ -182,7 +183,8 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
         for variant in variants:
             sides = plumbing_sides if variant == host and trial == 0 else None
             # Samples spread over the bench (roofline.mean_rates says why one is not enough).
-            rates = (isolated.call(measure_matmul_rates, shape, variant.dtype, rows, threads)
+            rates = (isolated.call(measure_matmul_rates, shape, variant.dtype, rows, threads,
+                                   config.rate_measure_s)
                      if config.roofline else {})
             if rates:
                 report.matmul_rate_samples[variant.dtype].append(rates)
@@ -194,7 +196,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
         for dtype, rates in report.matmul_flops_per_s.items():
             _say(f"measuring matmul rates again ({dtype}): did the machine's speed move during the run?")
             report.matmul_flops_per_s_after[dtype] = isolated.call(measure_matmul_rates, shape, dtype,
-                                                                   sorted(rates), threads)
+                                                                   sorted(rates), threads, config.rate_measure_s)
             report.matmul_rate_samples[dtype].append(report.matmul_flops_per_s_after[dtype])
         change = largest_rate_change(report.matmul_flops_per_s, report.matmul_flops_per_s_after)
         if change > RATE_CHANGE_WARNING:

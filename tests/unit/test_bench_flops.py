@@ -74,7 +74,7 @@ def test_prefill_rate_times_the_layers_only_and_decode_rates_include_lm_head(mon
     shape = ModelShape(hidden=16, layers=2, heads=2, kv_heads=1, head_dim=8, intermediate=32, vocab=1000)
     widths: dict[int, set[int]] = {}
 
-    def one_timing(one_pass) -> float:
+    def one_timing(one_pass, min_seconds: float) -> float:
         outputs = one_pass()
         widths.setdefault(outputs[0].shape[0], set()).add(outputs[-1].shape[1])
         return 1.0  # seconds: the rate is then the FLOPs counted per pass
