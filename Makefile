@@ -9,7 +9,7 @@ GEN := services/_generated/ferrum_pb2.py
 MODEL_DIR ?= models/ferrum-demo
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup venv protos kernels model run test test-unit test-cluster bench bench-quick clean
+.PHONY: setup venv protos kernels model test-models run test test-unit test-cluster bench bench-quick clean
 
 # kernels (one core compiling) and model (one training thread) run side by side.
 setup: venv protos
@@ -42,7 +42,15 @@ $(MODEL): | $(STAMP)
 run: setup
 	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -c "import services.local_cluster as c; c.run_forever()"
 
-test: setup
+# The test suite's tiny models (tests/conftest.py's fixtures) build beside the kernels and the demo
+# model, where a spare share of the two cores is, instead of inside the first tests that need them.
+TEST_MODELS := .cache/test-models
+test-models: $(STAMP)
+	$(PY) -m worker.demo_model --preset tiny --arch llama --out $(TEST_MODELS)/tiny-llama
+	$(PY) -m worker.demo_model --preset tiny --arch qwen2 --out $(TEST_MODELS)/tiny-qwen2
+
+test: venv protos
+	@$(MAKE) --no-print-directory -j3 kernels model test-models
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: setup

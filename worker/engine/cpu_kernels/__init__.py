@@ -18,7 +18,8 @@ One extension per instruction set, built for the CPU torch runs its own kernels 
   bfloat16), the engine runs torch's operations for it.
 The functions below return a kernel when a build for these exact sources, compiler flags, torch and
 Python exists and the CPU runs its instruction set; otherwise None. A worker never compiles:
-building takes 1-5 min of two cores (on an AMD EPYC: the AVX-512 set 266 s, the AVX2 set 100 s)
+building takes a minute or two of two cores (on an AMD EPYC: the AVX-512 set 79 s, the AVX2 set 65 s;
+266 s and 100 s while every source included <torch/extension.h>: aten_slice.h says why no longer)
 and needs a C++ compiler, so it happens once, in `make setup` (or `python -m
 worker.engine.cpu_kernels`), and a failed build only costs speed.
 
@@ -67,13 +68,15 @@ AVX512 = KernelSet(
     "avx512", ("AVX512", "AMX"),
     _paths("decode_attention.cpp", "decode_attention_avx512.cpp", "fused_layers.cpp", "float32_layers.cpp",
            "greedy_argmax.cpp", "rotary_embedding.cpp", "causal_softmax.cpp", "decode_layer.cpp", "bindings.cpp"),
-    _paths("decode_attention.h", "decode_attention_variants.h", "vector_math.h", "block_read_order.h"),
+    _paths("aten_slice.h", "decode_attention.h", "decode_attention_variants.h", "decode_layer.h", "vector_math.h",
+           "block_read_order.h"),
     ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-fopenmp"))  # what torch's AVX512 level implies
 AVX2 = KernelSet(
     "avx2", ("AVX2",),
     _paths("decode_attention.cpp", "decode_attention_avx2.cpp", "fused_layers.cpp", "float32_layers.cpp",
            "rotary_embedding.cpp", "decode_layer.cpp", "bindings.cpp"),
-    _paths("decode_attention.h", "decode_attention_variants.h", "vector_math_avx2.h", "block_read_order.h"),
+    _paths("aten_slice.h", "decode_attention.h", "decode_attention_variants.h", "decode_layer.h",
+           "vector_math_avx2.h", "block_read_order.h"),
     # what torch's AVX2 level implies; no multiply fused into an add unless written as an FMA, so
     # the float32 kernels round where torch does (vector_math_avx2.h)
     ("-O3", "-mavx2", "-mfma", "-ffp-contract=off", "-fopenmp"))

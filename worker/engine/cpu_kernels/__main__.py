@@ -36,7 +36,7 @@ def _build(kernels: cpu_kernels.KernelSet, verbose: bool, failed: int) -> int:
     if library.exists():
         print(f"cpu kernels: up to date ({library})")
         return 0
-    print(f"cpu kernels: compiling the {kernels.name} set (about 1-5 min) ...", flush=True)
+    print(f"cpu kernels: compiling the {kernels.name} set (about 1-2 min) ...", flush=True)
     started = time.monotonic()
     try:
         library = cpu_kernels.build(verbose=verbose, kernels=kernels)

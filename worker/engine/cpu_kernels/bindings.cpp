@@ -1,6 +1,8 @@
 // The Python module of the CPU kernels: one extension, one entry per kernel source. An AVX2 build
 // (no __AVX512F__) has no greedy argmax or prefill softmax, whose sources are AVX-512 code.
-#include <torch/extension.h>
+#include <torch/python.h>  // pybind11 and its tensor casters; not torch/extension.h (aten_slice.h says why)
+
+#include "decode_layer.h"
 
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor block_tables,
                                      torch::Tensor starts, torch::Tensor ends, double scale);
@@ -13,7 +15,6 @@ torch::Tensor greedy_argmax(torch::Tensor logits);
 void causal_softmax_(torch::Tensor scores, double scale);
 std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch::Tensor k, torch::Tensor cos,
                                                           torch::Tensor sin, int64_t head_dim);
-void bind_decode_layer(pybind11::module_& m);
 
 // Every kernel runs without the GIL, as torch's own operations do. The compiled decode layers take
 // most of a decode step (about 20 of 24 ms on bench-135m); holding the GIL through them, the
@@ -27,7 +28,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, WithoutGil());
   m.def("silu_mul", &silu_mul, WithoutGil());
   m.def("rotary_embedding", &rotary_embedding, WithoutGil());
-  bind_decode_layer(m);
+  pybind11::class_<DecodeLayer>(m, "DecodeLayer")
+      .def(pybind11::init<torch::Tensor, double, torch::Tensor, std::optional<torch::Tensor>, int64_t, int64_t,
+                          torch::Tensor, std::optional<torch::Tensor>, torch::Tensor, double, torch::Tensor,
+                          std::optional<torch::Tensor>, int64_t, torch::Tensor, std::optional<torch::Tensor>,
+                          int64_t, double>())
+      .def("forward", &DecodeLayer::forward, WithoutGil());
 #ifdef __AVX512F__
   m.def("greedy_argmax", &greedy_argmax, WithoutGil());
   m.def("causal_softmax_", &causal_softmax_, WithoutGil());

@@ -15,8 +15,7 @@
 //     scores [N, rows, context] bfloat16, contiguous: row i of each tile is the query at context
 //         position context - rows + i, which may attend to keys 0 .. context - rows + i
 //     overwrites each row with softmax(scale * row) over its allowed keys and 0 beyond them.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #include "vector_math.h"
 #include <algorithm>
@@ -50,8 +49,8 @@ void softmax_row(c10::BFloat16* row, int64_t allowed, int64_t context, __m512 sc
 
 }  // namespace
 
-void causal_softmax_(torch::Tensor scores, double scale) {
-  TORCH_CHECK(scores.dim() == 3 && scores.device().is_cpu() && scores.scalar_type() == torch::kBFloat16 &&
+void causal_softmax_(at::Tensor scores, double scale) {
+  TORCH_CHECK(scores.dim() == 3 && scores.device().is_cpu() && scores.scalar_type() == at::kBFloat16 &&
                   scores.is_contiguous(),
               "scores must be a contiguous bfloat16 cpu tensor [tiles, rows, context]");
   const int64_t tiles = scores.size(0), rows = scores.size(1), context = scores.size(2);

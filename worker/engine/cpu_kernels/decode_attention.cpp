@@ -21,11 +21,11 @@
 //
 // The arithmetic lives in one file per instruction set, built for the CPU's (cpu_kernels/__init__.py):
 // decode_attention_avx512.cpp and decode_attention_avx2.cpp, behind attend_paged_blocks.
-#include <torch/extension.h>
+#include "aten_slice.h"
 #include "decode_attention.h"
 
-torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor block_tables,
-                                     torch::Tensor starts, torch::Tensor ends, double scale) {
+at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor block_tables,
+                                     at::Tensor starts, at::Tensor ends, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q and the k, v caches must be 4-d");
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "cpu tensors only");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v dtypes differ");
@@ -34,9 +34,9 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
   TORCH_CHECK(k.size(1) == q.size(1) && k.size(3) == q.size(3), "q and the caches differ in heads or head_dim");
   TORCH_CHECK(q.size(3) % kHeadDimMultiple == 0 && q.size(3) <= kMaxHeadDim && q.size(2) <= kMaxGroup,
               "head_dim must be a multiple of 16 up to 256, and at most 16 query heads per KV head");
-  auto tables = block_tables.to(torch::kLong).contiguous();
-  auto s = starts.to(torch::kLong).contiguous();
-  auto e = ends.to(torch::kLong).contiguous();
+  auto tables = block_tables.to(at::kLong).contiguous();
+  auto s = starts.to(at::kLong).contiguous();
+  auto e = ends.to(at::kLong).contiguous();
   const int64_t B = q.size(0), block_size = k.size(2), num_blocks = k.size(0);
   TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B, "one block table row per sequence");
   TORCH_CHECK(s.numel() == B && e.numel() == B, "one start and end per sequence");
@@ -51,8 +51,8 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
       TORCH_CHECK(0 <= tp[b * width + slot] && tp[b * width + slot] < num_blocks, "a block id is outside the cache");
   }
   q = q.contiguous();
-  auto out = torch::empty_like(q);
-  TORCH_CHECK(q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16,
+  auto out = at::empty_like(q);
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
               "paged_decode_attention supports float32 and bfloat16");
   attend_paged_blocks(q, k, v, tp, width, sp, ep, static_cast<float>(scale), out);
   return out;
@@ -66,9 +66,9 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k, torch::Te
 //       at b * H + h, as attention_metadata.write_rows builds them
 //   the caches, block_tables, starts, ends and scale as paged_decode_attention takes them
 //   returns [1, B, heads, D] contiguous, in query's dtype.
-torch::Tensor paged_decode_step(torch::Tensor query, torch::Tensor key, torch::Tensor value, torch::Tensor k_cache,
-                                torch::Tensor v_cache, torch::Tensor write_rows, torch::Tensor block_tables,
-                                torch::Tensor starts, torch::Tensor ends, double scale) {
+at::Tensor paged_decode_step(at::Tensor query, at::Tensor key, at::Tensor value, at::Tensor k_cache,
+                                at::Tensor v_cache, at::Tensor write_rows, at::Tensor block_tables,
+                                at::Tensor starts, at::Tensor ends, double scale) {
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && query.size(0) == 1 && key.size(0) == 1 &&
                   key.sizes() == value.sizes() && key.size(2) == query.size(2) && key.size(3) == query.size(3),
               "query [1, heads, B, D] and key, value [1, kv_heads, B, D] expected");
@@ -78,10 +78,10 @@ torch::Tensor paged_decode_step(torch::Tensor query, torch::Tensor key, torch::T
                   v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous(),
               "the k and v caches must be contiguous [N, kv_heads, S, D]");
   TORCH_CHECK(write_rows.dim() == 1 && write_rows.numel() == B * kv_heads, "one write row per token and KV head");
-  const auto rows = write_rows.to(torch::kLong);  // index_copy_ refuses a row outside the cache
+  const auto rows = write_rows.to(at::kLong);  // index_copy_ refuses a row outside the cache
   const int64_t cache_rows = k_cache.numel() / D;
   k_cache.view({cache_rows, D}).index_copy_(0, rows, key.select(0, 0).transpose(0, 1).reshape({B * kv_heads, D}));
   v_cache.view({cache_rows, D}).index_copy_(0, rows, value.select(0, 0).transpose(0, 1).reshape({B * kv_heads, D}));
-  torch::Tensor packed = query.select(0, 0).transpose(0, 1).reshape({B, kv_heads, heads / kv_heads, D});
+  at::Tensor packed = query.select(0, 0).transpose(0, 1).reshape({B, kv_heads, heads / kv_heads, D});
   return paged_decode_attention(packed, k_cache, v_cache, block_tables, starts, ends, scale).view({1, B, heads, D});
 }

@@ -10,8 +10,7 @@
 // Measured in the engine on bench-135m (AMD EPYC without AVX-512, float32, 2 threads, engines with
 // and without the kernels stepping alternately in one process): decode step 300.3 -> 237.1 and
 // 242.4 -> 199.7 ms (medians of 40 steps, two runs), the same greedy tokens.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #include "decode_attention.h"
 #include "vector_math_avx2.h"
@@ -28,9 +27,9 @@ constexpr int64_t kSliceRegisters = 12;  // accumulators of one slice; the rest 
 // kG, kChunks: query heads per KV head and head_dim / 8 when known at compile time (0: read from q),
 // so that the compiler unrolls the loops over them and keeps accumulators in registers.
 template <typename T, int kG = 0, int kChunks = 0>
-void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+void decode_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const int64_t* tables, int64_t table_width, const int64_t* starts, const int64_t* ends,
-                   float scale, torch::Tensor& out) {
+                   float scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
   const int64_t G = kG ? kG : q.size(2), chunks = kChunks ? kChunks : D / kLanes;
   const int64_t S = k.size(2);

@@ -1,7 +1,6 @@
 // The AVX-512 body of paged decode attention (decode_attention.cpp holds the contract, its
 // checks and the decode step around it): 16 float32 lanes a register, 32 registers.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #include "decode_attention.h"
 #include "vector_math.h"
@@ -47,9 +46,9 @@ inline __m512 sum16x16(const __m512* v) {
 // bench-135m's shapes (G = 3, head_dim 64, 32 sequences of 320 tokens, 2 threads) that took the
 // kernel from 13.9 to 11.0 ms a step in bfloat16 and from 17.8 to 14.5 ms in float32.
 template <typename T, int kG = 0, int kChunks = 0>
-void decode_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+void decode_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const int64_t* tables, int64_t table_width, const int64_t* starts, const int64_t* ends,
-                   float scale, torch::Tensor& out) {
+                   float scale, at::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), D = q.size(3);
   const int64_t G = kG ? kG : q.size(2), chunks = kChunks ? kChunks : D / kLanes;
   const int64_t S = k.size(2);

@@ -21,8 +21,11 @@
 // The same source builds into the AVX-512 and the AVX2 kernel sets (cpu_kernels/__init__.py).
 // fused_layers.py checks the result against the module's own forward, bit for bit, at load; the
 // unit tests compare with torch over shapes, row counts and thread counts.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE: the split torch's own SiLU makes
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/silu.h>
 #include <dlfcn.h>
 #include <immintrin.h>
 #ifdef __AVX512F__
@@ -134,11 +137,11 @@ void silu_mul_run(const float* g, const float* u, float* out, int64_t length, Ex
 }  // namespace
 
 // x [..., n] contiguous float32, weight [n] float32.
-torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+at::Tensor rms_norm_f32(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const int64_t n = weight.numel();
   const int64_t rows = x.numel() / n;
-  auto out = torch::empty_like(x);
-  auto shifted = torch::empty({rows}, x.options());  // mean(x^2) + eps, one per row
+  auto out = at::empty_like(x);
+  auto shifted = at::empty({rows}, x.options());  // mean(x^2) + eps, one per row
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* op = out.data_ptr<float>();
@@ -168,11 +171,11 @@ torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, 
 }
 
 // gate, up [..., n] float32 of one shape, each row contiguous (rows may be strided).
-torch::Tensor silu_mul_f32(const torch::Tensor& gate, const torch::Tensor& up) {
+at::Tensor silu_mul_f32(const at::Tensor& gate, const at::Tensor& up) {
   const ExpVec exp = torch_exp();
   if (exp == nullptr) return at::silu(gate) * up;
   const int64_t n = gate.size(-1);
-  auto out = torch::empty(gate.sizes(), gate.options());
+  auto out = at::empty(gate.sizes(), gate.options());
   // A contiguous gate is one run to torch (its rows coalesce into one dimension), a strided one a
   // run per row. up's layout changes nothing (the multiply rounds once either way), so a strided up
   // beside a contiguous gate is made contiguous too, and the runs are the gate's.

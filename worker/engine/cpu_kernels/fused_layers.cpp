@@ -13,8 +13,7 @@
 //   silu_mul(gate, up): same-shape, same-dtype [..., n], each row contiguous (rows may be strided, as
 //       two slices of one [..., 2n] projection are; the leading dims must flatten to rows) ->
 //       contiguous bf16(bf16(silu(gate)) * up)
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #ifdef __AVX512F__
 #include "vector_math.h"
@@ -22,8 +21,8 @@
 #include <algorithm>
 #include <cmath>
 
-torch::Tensor rms_norm_f32(const torch::Tensor& x, const torch::Tensor& weight, double eps);
-torch::Tensor silu_mul_f32(const torch::Tensor& gate, const torch::Tensor& up);
+at::Tensor rms_norm_f32(const at::Tensor& x, const at::Tensor& weight, double eps);
+at::Tensor silu_mul_f32(const at::Tensor& gate, const at::Tensor& up);
 
 namespace {
 
@@ -36,23 +35,23 @@ inline __m512 exp16(__m512 x) {
 }
 #endif
 
-bool is_float32(const torch::Tensor& t) { return t.scalar_type() == torch::kFloat; }
+bool is_float32(const at::Tensor& t) { return t.scalar_type() == at::kFloat; }
 
-void check_contiguous(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kBFloat16 || is_float32(t)) && t.is_contiguous(),
+void check_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kBFloat16 || is_float32(t)) && t.is_contiguous(),
               name, " must be a contiguous bfloat16 or float32 cpu tensor");
 }
 
 // Rows of adjacent elements, at any one distance from each other (a slice of a wider output).
-void check_rows(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == torch::kBFloat16 || is_float32(t)) && t.dim() >= 1 &&
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && (t.scalar_type() == at::kBFloat16 || is_float32(t)) && t.dim() >= 1 &&
                   t.stride(-1) == 1,
               name, " must be a bfloat16 or float32 cpu tensor whose last dimension is contiguous");
 }
 
 }  // namespace
 
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   check_contiguous(x, "x");
   check_contiguous(weight, "weight");
   const int64_t n = weight.numel();
@@ -62,7 +61,7 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 #ifndef __AVX512F__
   TORCH_CHECK(false, "a bfloat16 rms_norm needs the AVX-512 kernel set");
 #else
-  auto out = torch::empty_like(x);
+  auto out = at::empty_like(x);
   const int64_t rows = x.numel() / n;
   const auto* xp = x.data_ptr<c10::BFloat16>();
   const auto* wp = weight.data_ptr<c10::BFloat16>();
@@ -89,18 +88,18 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
 #endif
 }
 
-torch::Tensor silu_mul(torch::Tensor gate, torch::Tensor up) {
+at::Tensor silu_mul(at::Tensor gate, at::Tensor up) {
   check_rows(gate, "gate");
   check_rows(up, "up");
   TORCH_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type(),
               "gate and up must have one shape and one dtype");
-  if (gate.numel() == 0) return torch::empty(gate.sizes(), gate.options());
+  if (gate.numel() == 0) return at::empty(gate.sizes(), gate.options());
   if (is_float32(gate)) return silu_mul_f32(gate, up);
 #ifndef __AVX512F__
   TORCH_CHECK(false, "a bfloat16 silu_mul needs the AVX-512 kernel set");
 #else
   const int64_t n = gate.size(-1);
-  auto out = torch::empty(gate.sizes(), gate.options());
+  auto out = at::empty(gate.sizes(), gate.options());
   // Rows may be strided (gate and up as the two halves of one projection's output), elements not.
   const auto gate_rows = gate.view({-1, n});
   const auto up_rows = up.view({-1, n});

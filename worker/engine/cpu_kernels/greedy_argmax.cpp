@@ -8,8 +8,7 @@
 //   greedy_argmax(logits): contiguous float32 [rows, vocab] -> int64 [rows], each the first index
 //       of its row's maximum (what torch.max(dim=1).indices returns), or -1 for a row holding a
 //       NaN: the caller then asks torch, whose rule for NaN it keeps.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #include "vector_math.h"
 #include <limits>
@@ -42,12 +41,12 @@ int64_t first_index_of_max(const float* row, int64_t vocab) {
 
 }  // namespace
 
-torch::Tensor greedy_argmax(torch::Tensor logits) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat32 && logits.dim() == 2 &&
+at::Tensor greedy_argmax(at::Tensor logits) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
                   logits.is_contiguous() && logits.size(1) > 0,
               "greedy_argmax: logits must be a contiguous float32 CPU tensor [rows, vocab] with vocab > 0");
   const int64_t rows = logits.size(0), vocab = logits.size(1);
-  torch::Tensor chosen = torch::empty({rows}, logits.options().dtype(torch::kInt64));
+  at::Tensor chosen = at::empty({rows}, logits.options().dtype(at::kLong));
   const float* data = logits.data_ptr<float>();
   int64_t* out = chosen.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {

@@ -17,8 +17,7 @@
 //     cos, sin [B or 1, T, head_dim], contiguous, in q's dtype; head_dim even
 //     returns (q_rotated [B, heads, T, head_dim], k_rotated [B, kv_heads, T, head_dim]), contiguous:
 //     the layout transformers' own `apply_rotary_pos_emb` returns after its transpose.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
+#include "aten_slice.h"
 #include <immintrin.h>
 #ifdef __AVX512F__
 #include "vector_math.h"
@@ -59,8 +58,8 @@ inline void rotate_head(const T* in, const T* c, const T* s, int64_t head_dim, T
 
 // One tensor's heads: x [B, T, heads * D] rows at `row_stride` -> out [B, heads, T, D].
 template <typename T>
-void rotate_heads(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
-                  torch::Tensor& out) {
+void rotate_heads(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                  at::Tensor& out) {
   const int64_t B = x.size(0), T_len = x.size(1), heads = x.size(2) / head_dim;
   const int64_t batch_stride = x.stride(0), row_stride = x.stride(1);
   const int64_t angle_batch_stride = cos.size(0) == 1 ? 0 : cos.stride(0);
@@ -81,7 +80,7 @@ void rotate_heads(const torch::Tensor& x, const torch::Tensor& cos, const torch:
   });
 }
 
-void check_input(const torch::Tensor& x, const torch::Tensor& cos, int64_t head_dim, const char* name) {
+void check_input(const at::Tensor& x, const at::Tensor& cos, int64_t head_dim, const char* name) {
   TORCH_CHECK(x.dim() == 3 && x.stride(2) == 1 && x.size(2) % head_dim == 0, name,
               " must be [B, T, heads * head_dim] with its last dimension contiguous");
   TORCH_CHECK(x.scalar_type() == cos.scalar_type() && x.device().is_cpu(), name, " must be a cpu tensor in cos's dtype");
@@ -90,10 +89,10 @@ void check_input(const torch::Tensor& x, const torch::Tensor& cos, int64_t head_
 }
 
 template <typename T>
-std::tuple<torch::Tensor, torch::Tensor> apply(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& cos,
-                                               const torch::Tensor& sin, int64_t head_dim) {
-  auto q_out = torch::empty({q.size(0), q.size(2) / head_dim, q.size(1), head_dim}, q.options());
-  auto k_out = torch::empty({k.size(0), k.size(2) / head_dim, k.size(1), head_dim}, k.options());
+std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                               const at::Tensor& sin, int64_t head_dim) {
+  auto q_out = at::empty({q.size(0), q.size(2) / head_dim, q.size(1), head_dim}, q.options());
+  auto k_out = at::empty({k.size(0), k.size(2) / head_dim, k.size(1), head_dim}, k.options());
   if (q.numel() > 0) rotate_heads<T>(q, cos, sin, head_dim, q_out);
   if (k.numel() > 0) rotate_heads<T>(k, cos, sin, head_dim, k_out);
   return {q_out, k_out};
@@ -101,8 +100,8 @@ std::tuple<torch::Tensor, torch::Tensor> apply(const torch::Tensor& q, const tor
 
 }  // namespace
 
-std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch::Tensor k, torch::Tensor cos,
-                                                          torch::Tensor sin, int64_t head_dim) {
+std::tuple<at::Tensor, at::Tensor> rotary_embedding(at::Tensor q, at::Tensor k, at::Tensor cos,
+                                                          at::Tensor sin, int64_t head_dim) {
   TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
   TORCH_CHECK(cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim && cos.is_contiguous() &&
                   sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
@@ -110,8 +109,8 @@ std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch
   check_input(q, cos, head_dim, "q");
   check_input(k, cos, head_dim, "k");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "q and k must have the same tokens");
-  if (q.scalar_type() == torch::kFloat) return apply<float>(q, k, cos, sin, head_dim);
-  TORCH_CHECK(q.scalar_type() == torch::kBFloat16, "rotary_embedding supports float32 and bfloat16");
+  if (q.scalar_type() == at::kFloat) return apply<float>(q, k, cos, sin, head_dim);
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16, "rotary_embedding supports float32 and bfloat16");
   return apply<c10::BFloat16>(q, k, cos, sin, head_dim);
 }
 
@@ -128,9 +127,9 @@ std::tuple<torch::Tensor, torch::Tensor> rotary_embedding(torch::Tensor q, torch
 namespace {
 
 template <typename T>
-void rotate_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, const torch::Tensor& cos,
-                       const torch::Tensor& sin, int64_t head_dim, torch::Tensor& k_cache, torch::Tensor& v_cache,
-                       const int64_t* rp, torch::Tensor& q_out) {
+void rotate_into_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                       const at::Tensor& sin, int64_t head_dim, at::Tensor& k_cache, at::Tensor& v_cache,
+                       const int64_t* rp, at::Tensor& q_out) {
   const int64_t tokens = q.size(1), heads = q.size(2) / head_dim, kv_heads = k.size(2) / head_dim;
   const T* qp = q.data_ptr<T>();
   const T* kp = k.data_ptr<T>();
@@ -158,11 +157,11 @@ void rotate_into_cache(const torch::Tensor& q, const torch::Tensor& k, const tor
 
 }  // namespace
 
-torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                const torch::Tensor& cos, const torch::Tensor& sin, int64_t head_dim,
-                                torch::Tensor& k_cache, torch::Tensor& v_cache, const torch::Tensor& write_rows) {
+at::Tensor rotary_into_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                                at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_rows) {
   TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
-  TORCH_CHECK(q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kFloat,
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kFloat,
               "rotary_into_cache takes float32 or bfloat16");
   TORCH_CHECK(cos.dim() == 3 && cos.size(0) == 1 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim &&
                   cos.is_contiguous() && sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
@@ -176,14 +175,14 @@ torch::Tensor rotary_into_cache(const torch::Tensor& q, const torch::Tensor& k, 
                   k_cache.is_contiguous() && v_cache.sizes() == k_cache.sizes() && v_cache.is_contiguous() &&
                   k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
               "the k and v caches must be contiguous [N, kv_heads, S, head_dim] in q's dtype");
-  const auto rows = write_rows.to(torch::kLong).contiguous();
+  const auto rows = write_rows.to(at::kLong).contiguous();
   TORCH_CHECK(rows.dim() == 1 && rows.numel() == tokens * kv_heads, "one write row per token and KV head");
   const int64_t cache_rows = k_cache.numel() / head_dim;
   const int64_t* rp = rows.data_ptr<int64_t>();
   for (int64_t i = 0; i < rows.numel(); ++i)
     TORCH_CHECK(0 <= rp[i] && rp[i] < cache_rows, "a write row is outside the cache");
-  auto q_out = torch::empty({tokens, heads, head_dim}, q.options());
-  if (q.scalar_type() == torch::kFloat) {
+  auto q_out = at::empty({tokens, heads, head_dim}, q.options());
+  if (q.scalar_type() == at::kFloat) {
     rotate_into_cache<float>(q, k, v, cos, sin, head_dim, k_cache, v_cache, rp, q_out);
   } else {
     rotate_into_cache<c10::BFloat16>(q, k, v, cos, sin, head_dim, k_cache, v_cache, rp, q_out);
