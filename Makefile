@@ -9,7 +9,7 @@ GEN := services/_generated/ferrum_pb2.py
 MODEL_DIR ?= models/ferrum-demo
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup venv protos kernels model test-models run test test-unit test-cluster bench bench-quick clean
+.PHONY: setup venv protos kernels model test-models run test test-suite test-unit test-cluster bench bench-quick clean
 
 # kernels (one core compiling) and model (one training thread) run side by side.
 setup: venv protos
@@ -43,14 +43,19 @@ run: setup
 	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -c "import services.local_cluster as c; c.run_forever()"
 
 # The test suite's tiny models (tests/conftest.py's fixtures) build beside the kernels and the demo
-# model, where a spare share of the two cores is, instead of inside the first tests that need them.
+# model, instead of inside the first tests that need them.
 TEST_MODELS := .cache/test-models
 test-models: $(STAMP)
 	$(PY) -m worker.demo_model --preset tiny --arch llama --out $(TEST_MODELS)/tiny-llama
 	$(PY) -m worker.demo_model --preset tiny --arch qwen2 --out $(TEST_MODELS)/tiny-qwen2
 
+# The suite starts once the kernels and its models are built. It never loads the demo model, whose
+# one training thread (the set-up's longest part: 3-4 min on 2 cores) goes on beside the first
+# tests on the core the compiler left idle; `make test` ends when both have finished.
 test: venv protos
-	@$(MAKE) --no-print-directory -j3 kernels model test-models
+	@$(MAKE) --no-print-directory -j3 model test-suite
+
+test-suite: kernels test-models
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-unit: setup

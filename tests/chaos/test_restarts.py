@@ -1,5 +1,5 @@
 """Restarts: the scheduler comes back and everyone reconnects; SIGTERM drains each process; a rolling
-restart of workers drops no request."""
+restart of workers drops no request, and a stopped cluster exits cleanly."""
 
 from __future__ import annotations
 
@@ -89,3 +89,8 @@ def test_rolling_restart_of_workers_drops_nothing(tiny_llama_dir):
         for t in threads:
             t.join(timeout=60)
         assert all(o == 20 for o in outcomes), [o for o in outcomes if o != 20]
+    # Stopped (one SIGTERM each, then a wait): every process drained and exited cleanly. A second
+    # SIGTERM during the gateway's drain used to end it in an aiohttp traceback and exit status 1.
+    for proc in [cluster.gateway, cluster.scheduler, *cluster.workers]:
+        assert proc.popen.returncode == 0, f"{proc.name}: {proc.log_tail()}"
+        assert "Traceback" not in proc.log_path.read_text(errors="replace"), f"{proc.name}: {proc.log_tail()}"
