@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.bench.runner import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 _FIRST_LOAD = """
-import json, sys
+import json, pathlib, sys
 from gateway.model_tokenizer import ModelTokenizer, warm_up_backend
 from worker.model_source import tokenizer_bundle
 if sys.argv[2] == "warm":
     warm_up_backend()
-bundle = tokenizer_bundle(__import__("pathlib").Path(sys.argv[1]), "m", 1024)
+bundle = tokenizer_bundle(pathlib.Path(sys.argv[1]), "m", 1024)
 before = set(sys.modules)
 tokenizer = ModelTokenizer(bundle)
 tokenizer.render_chat([{"role": "user", "content": "hello"}])

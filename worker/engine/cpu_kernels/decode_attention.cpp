@@ -25,7 +25,7 @@
 #include "decode_attention.h"
 
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor block_tables,
-                                     at::Tensor starts, at::Tensor ends, double scale) {
+                                  at::Tensor starts, at::Tensor ends, double scale) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "q and the k, v caches must be 4-d");
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "cpu tensors only");
   TORCH_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(), "q, k, v dtypes differ");
@@ -67,8 +67,8 @@ at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::
 //   the caches, block_tables, starts, ends and scale as paged_decode_attention takes them
 //   returns [1, B, heads, D] contiguous, in query's dtype.
 at::Tensor paged_decode_step(at::Tensor query, at::Tensor key, at::Tensor value, at::Tensor k_cache,
-                                at::Tensor v_cache, at::Tensor write_rows, at::Tensor block_tables,
-                                at::Tensor starts, at::Tensor ends, double scale) {
+                             at::Tensor v_cache, at::Tensor write_rows, at::Tensor block_tables,
+                             at::Tensor starts, at::Tensor ends, double scale) {
   TORCH_CHECK(query.dim() == 4 && key.dim() == 4 && value.dim() == 4 && query.size(0) == 1 && key.size(0) == 1 &&
                   key.sizes() == value.sizes() && key.size(2) == query.size(2) && key.size(3) == query.size(3),
               "query [1, heads, B, D] and key, value [1, kv_heads, B, D] expected");

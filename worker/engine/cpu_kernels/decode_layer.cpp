@@ -26,22 +26,22 @@
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
 at::Tensor silu_mul(at::Tensor gate, at::Tensor up);
 at::Tensor rotary_into_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
-                                at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_rows);
+                             const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                             at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_rows);
 at::Tensor paged_decode_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor block_tables,
-                                     at::Tensor starts, at::Tensor ends, double scale);
+                                  at::Tensor starts, at::Tensor ends, double scale);
 
 namespace {
 
 // x @ W.T + b with W packed by mkldnn::_reorder_linear_weight: the op packed_weights.py calls.
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed,
-                            const std::optional<at::Tensor>& bias) {
+                         const std::optional<at::Tensor>& bias) {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
           .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                               std::string_view, c10::List<std::optional<c10::Scalar>>,
-                               std::optional<std::string_view>)>();
+                            std::string_view, c10::List<std::optional<c10::Scalar>>,
+                            std::optional<std::string_view>)>();
   return op.call(x, packed, bias, "none", c10::List<std::optional<c10::Scalar>>(), std::string_view(""));
 }
 

@@ -27,8 +27,8 @@ class DecodeLayer {
   // head_dim]; the caches, write_rows, block_tables, starts and ends as paged_decode_step takes
   // them. Returns the layer's output [1, B, hidden]; the new keys and values are in the caches.
   at::Tensor forward(at::Tensor hidden, at::Tensor cos, at::Tensor sin, at::Tensor k_cache,
-                        at::Tensor v_cache, at::Tensor write_rows, at::Tensor block_tables,
-                        at::Tensor starts, at::Tensor ends) const;
+                     at::Tensor v_cache, at::Tensor write_rows, at::Tensor block_tables,
+                     at::Tensor starts, at::Tensor ends) const;
 
  private:
   at::Tensor first_norm_;

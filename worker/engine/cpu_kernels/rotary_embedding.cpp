@@ -90,7 +90,7 @@ void check_input(const at::Tensor& x, const at::Tensor& cos, int64_t head_dim, c
 
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
-                                               const at::Tensor& sin, int64_t head_dim) {
+                                         const at::Tensor& sin, int64_t head_dim) {
   auto q_out = at::empty({q.size(0), q.size(2) / head_dim, q.size(1), head_dim}, q.options());
   auto k_out = at::empty({k.size(0), k.size(2) / head_dim, k.size(1), head_dim}, k.options());
   if (q.numel() > 0) rotate_heads<T>(q, cos, sin, head_dim, q_out);
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> apply(const at::Tensor& q, const at::Tensor& 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> rotary_embedding(at::Tensor q, at::Tensor k, at::Tensor cos,
-                                                          at::Tensor sin, int64_t head_dim) {
+                                                    at::Tensor sin, int64_t head_dim) {
   TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
   TORCH_CHECK(cos.dim() == 3 && cos.sizes() == sin.sizes() && cos.size(2) == head_dim && cos.is_contiguous() &&
                   sin.is_contiguous() && sin.scalar_type() == cos.scalar_type(),
@@ -158,8 +158,8 @@ void rotate_into_cache(const at::Tensor& q, const at::Tensor& k, const at::Tenso
 }  // namespace
 
 at::Tensor rotary_into_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                                const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
-                                at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_rows) {
+                             const at::Tensor& cos, const at::Tensor& sin, int64_t head_dim,
+                             at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& write_rows) {
   TORCH_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kFloat,
               "rotary_into_cache takes float32 or bfloat16");
