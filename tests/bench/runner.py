@@ -168,11 +168,14 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
                "decode_flops_per_token": shape.linear_flops_per_token + shape.lm_head_flops},
     )
     rows = sorted({PREFILL_ROWS} | {run.batch_rows for run in runs if run.batch_rows})
+
+    def matmul_rates(dtype: str, at_rows: list[int]) -> dict[int, float]:
+        return isolated.call(measure_matmul_rates, shape, dtype, at_rows, threads, config.rate_measure_s)
+
     if config.roofline:
         for dtype in config.dtypes:
             _say(f"measuring matmul rates ({dtype}, rows {rows})")
-            report.matmul_flops_per_s[dtype] = isolated.call(measure_matmul_rates, shape, dtype, rows, threads,
-                                                               config.rate_measure_s)
+            report.matmul_flops_per_s[dtype] = matmul_rates(dtype, rows)
             report.matmul_rate_samples[dtype] = [report.matmul_flops_per_s[dtype]]
     variants = plan_variants(config, model_dir.name)
     host = _plumbing_host(config, variants, model_dir)
@@ -183,9 +186,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
         for variant in variants:
             sides = plumbing_sides if variant == host and trial == 0 else None
             # Samples spread over the bench (roofline.mean_rates says why one is not enough).
-            rates = (isolated.call(measure_matmul_rates, shape, variant.dtype, rows, threads,
-                                   config.rate_measure_s)
-                     if config.roofline else {})
+            rates = matmul_rates(variant.dtype, rows) if config.roofline else {}
             if rates:
                 report.matmul_rate_samples[variant.dtype].append(rates)
             for result in _run_variant(variant, runs, config, model_dir, pool, threads, sides):
@@ -195,8 +196,7 @@ def run_bench(config: BenchConfig, command: str) -> BenchReport:
     if config.roofline:
         for dtype, rates in report.matmul_flops_per_s.items():
             _say(f"measuring matmul rates again ({dtype}): did the machine's speed move during the run?")
-            report.matmul_flops_per_s_after[dtype] = isolated.call(measure_matmul_rates, shape, dtype,
-                                                                   sorted(rates), threads, config.rate_measure_s)
+            report.matmul_flops_per_s_after[dtype] = matmul_rates(dtype, sorted(rates))
             report.matmul_rate_samples[dtype].append(report.matmul_flops_per_s_after[dtype])
         change = largest_rate_change(report.matmul_flops_per_s, report.matmul_flops_per_s_after)
         if change > RATE_CHANGE_WARNING:
