@@ -20,6 +20,12 @@ def _safe_file_name(name: str) -> bool:
     return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
 
 
+# transformers' lazy module is not thread-safe while it imports: a load in a second thread meanwhile
+# fails with "cannot import name 'AutoTokenizer' from 'transformers'" (a request that came during the
+# warm-up got a 503). Loads are rare; they take turns.
+_LOADING = threading.Lock()
+
+
 def warm_up_backend() -> None:
     """Load a throwaway one-token tokenizer through AutoTokenizer, ahead of the first real one.
 
@@ -28,10 +34,10 @@ def warm_up_backend() -> None:
     of transformers: a first request after a start waited 6.0 s for that on a 2-core EPYC, 0.13 s
     after this warm-up. The config names Llama's type: its import chain is the one every
     architecture shares."""
-    from tokenizers import Tokenizer, models
-    from transformers import AutoTokenizer
+    with _LOADING, tempfile.TemporaryDirectory(prefix="ferrum-tokenizer-warm-up-") as workdir:
+        from tokenizers import Tokenizer, models
+        from transformers import AutoTokenizer
 
-    with tempfile.TemporaryDirectory(prefix="ferrum-tokenizer-warm-up-") as workdir:
         Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")).save(str(Path(workdir, "tokenizer.json")))
         Path(workdir, "config.json").write_text(json.dumps({"model_type": "llama"}))
         Path(workdir, "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
@@ -43,8 +49,6 @@ class ModelTokenizer:
     """Tokenizer, chat template and limits of one (model, revision)."""
 
     def __init__(self, bundle: TokenizerBundle):
-        from transformers import AutoTokenizer  # heavy: see warm_up_backend
-
         unsafe = [n for n in bundle.files if not _safe_file_name(n)]
         if unsafe:
             raise ValueError(f"tokenizer bundle of {bundle.model!r} has unsafe file names: {unsafe}")
@@ -52,7 +56,10 @@ class ModelTokenizer:
         try:
             for name, data in bundle.files.items():
                 (workdir / name).write_bytes(data)
-            self.tokenizer = AutoTokenizer.from_pretrained(str(workdir))
+            with _LOADING:
+                from transformers import AutoTokenizer  # heavy: see warm_up_backend
+
+                self.tokenizer = AutoTokenizer.from_pretrained(str(workdir))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         self.model = bundle.model
