@@ -9,7 +9,7 @@ GEN := services/_generated/ferrum_pb2.py
 MODEL_DIR ?= models/ferrum-demo
 MODEL := $(MODEL_DIR)/config.json
 
-.PHONY: setup venv protos kernels model test-models run test test-suite test-unit test-cluster bench bench-quick clean
+.PHONY: setup venv protos kernels model low-priority-model test-models run test test-suite test-unit test-cluster bench bench-quick clean
 
 # kernels (one core compiling) and model (one training thread) run side by side.
 setup: venv protos
@@ -56,10 +56,13 @@ test-models: $(STAMP)
 	$(PY) -m worker.demo_model --preset tiny --arch qwen2 --out $(TEST_MODELS)/tiny-qwen2
 
 # The suite starts once the kernels and its models are built. It never loads the demo model, whose
-# one training thread (the set-up's longest part: 3-4 min on 2 cores) goes on beside the first
-# tests on the core the compiler left idle; `make test` ends when both have finished.
+# one training thread (the set-up's longest part: 3-4 min on 2 cores) goes on beside the kernels'
+# build and the tests at low priority, on what CPU they leave; `make test` ends when both have finished.
 test: venv protos
-	@$(MAKE) --no-print-directory -j3 model test-suite
+	@$(MAKE) --no-print-directory -j3 low-priority-model test-suite
+
+low-priority-model: | $(STAMP)
+	@nice -n 15 $(MAKE) --no-print-directory model
 
 test-suite: kernels test-models
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

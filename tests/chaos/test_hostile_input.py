@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.chaos.conftest import MODEL, make_cluster
+from tests.chaos.conftest import MODEL
 from tests.e2e.conftest import scrape
 
 pytestmark = pytest.mark.cluster
@@ -46,22 +46,22 @@ CASES = [
 ]
 
 
-def test_hostile_requests_get_4xx_and_never_reach_a_worker(tiny_llama_dir):
-    with make_cluster(tiny_llama_dir, workers=1, redis=False) as cluster:
-        worker_metrics = cluster.metrics_url(cluster.workers[0])
-        before = scrape(worker_metrics).get("ferrum_infer_worker_prompt_tokens_total{}", 0)
-        for body, param in CASES:
-            status, error = post(cluster, "/v1/completions", body)
-            assert 400 <= status < 500, (body, status, error)
-            assert error["error"]["message"], body
-            if param:
-                assert param in (error["error"].get("param") or "") + error["error"]["message"], (body, error)
-        # NaN cannot be written by json.dumps' default: send the literal token
-        status, error = post(cluster, "/v1/completions", b'{"model": "tiny-llama", "prompt": "hi", "temperature": NaN}')
-        assert status == 400 and "temperature" in json.dumps(error)
-        status, error = post(cluster, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]})
-        assert status == 400 and "messages" in json.dumps(error)
-        assert scrape(worker_metrics).get("ferrum_infer_worker_prompt_tokens_total{}", 0) == before
-        status, ok = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2,
-                                                       "ignore_eos": True, "unknown_field": {"is": "ignored"}})
-        assert status == 200 and ok["usage"]["completion_tokens"] == 2
+def test_hostile_requests_get_4xx_and_never_reach_a_worker(one_worker_cluster):
+    cluster = one_worker_cluster
+    worker_metrics = cluster.metrics_url(cluster.workers[0])
+    before = scrape(worker_metrics).get("ferrum_infer_worker_prompt_tokens_total{}", 0)
+    for body, param in CASES:
+        status, error = post(cluster, "/v1/completions", body)
+        assert 400 <= status < 500, (body, status, error)
+        assert error["error"]["message"], body
+        if param:
+            assert param in (error["error"].get("param") or "") + error["error"]["message"], (body, error)
+    # NaN cannot be written by json.dumps' default: send the literal token
+    status, error = post(cluster, "/v1/completions", b'{"model": "tiny-llama", "prompt": "hi", "temperature": NaN}')
+    assert status == 400 and "temperature" in json.dumps(error)
+    status, error = post(cluster, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user"}]})
+    assert status == 400 and "messages" in json.dumps(error)
+    assert scrape(worker_metrics).get("ferrum_infer_worker_prompt_tokens_total{}", 0) == before
+    status, ok = post(cluster, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 2,
+                                                   "ignore_eos": True, "unknown_field": {"is": "ignored"}})
+    assert status == 200 and ok["usage"]["completion_tokens"] == 2

@@ -14,12 +14,11 @@ import urllib.request
 import openai
 import pytest
 
-from tests.chaos.conftest import MODEL, client_for, make_cluster, uninterrupted
+from tests.chaos.conftest import DRAIN_GRACE_S, MODEL, client_for, uninterrupted
 from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.cluster
 
-GRACE_S = 60.0
 PROMPTS = ["Once upon a time", "The license says", "Tell me about"]
 MAX_TOKENS = 500  # long enough that every stream is still running when the probe arrives
 
@@ -70,36 +69,36 @@ def gateway_health(cluster) -> tuple[int, str]:
         return error.code, json.load(error)["status"]
 
 
-def test_scheduler_sigterm_finishes_streams_refuses_new_work_and_exits_cleanly(tiny_llama_dir):
-    with make_cluster(tiny_llama_dir, workers=1, env={"FERRUM_INFER_DRAIN_GRACE_S": str(GRACE_S)}) as cluster:
-        client = client_for(cluster)
-        expected = {prompt: uninterrupted(client, prompt, MAX_TOKENS) for prompt in PROMPTS}
-        streams = [Stream(client, prompt) for prompt in PROMPTS]
-        for stream in streams:
-            stream.start()
-        wait_until(lambda: all(s.first_token.is_set() for s in streams), what="every stream's first token")
+def test_scheduler_sigterm_finishes_streams_refuses_new_work_and_exits_cleanly(one_worker_cluster):
+    cluster = one_worker_cluster
+    client = client_for(cluster)
+    expected = {prompt: uninterrupted(client, prompt, MAX_TOKENS) for prompt in PROMPTS}
+    streams = [Stream(client, prompt) for prompt in PROMPTS]
+    for stream in streams:
+        stream.start()
+    wait_until(lambda: all(s.first_token.is_set() for s in streams), what="every stream's first token")
 
-        cluster.scheduler.signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        refused = wait_until(lambda: refusal(client), what="a new request to be refused")
-        assert any(s.is_alive() for s in streams), "the streams ended before the drain could be seen"
-        assert refused.status_code == 503
-        assert int(refused.response.headers["Retry-After"]) >= 1
-        error = refused.response.json()["error"]
-        assert error["type"] == "server_error" and error["code"] == "service_unavailable"
-        assert "shutting down" in error["message"]
-        assert gateway_health(cluster) == (503, "draining")
+    cluster.scheduler.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    refused = wait_until(lambda: refusal(client), what="a new request to be refused")
+    assert any(s.is_alive() for s in streams), "the streams ended before the drain could be seen"
+    assert refused.status_code == 503
+    assert int(refused.response.headers["Retry-After"]) >= 1
+    error = refused.response.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "service_unavailable"
+    assert "shutting down" in error["message"]
+    assert gateway_health(cluster) == (503, "draining")
 
-        for stream in streams:
-            stream.join(timeout=GRACE_S)
-            assert stream.error is None, stream.error
-            assert stream.text == expected[stream.prompt]
-            assert stream.finish_reason == "length" and stream.completion_tokens == MAX_TOKENS
-        cluster.scheduler.popen.wait(timeout=max(0.0, signalled + GRACE_S - time.monotonic()))
-        assert cluster.scheduler.popen.returncode == 0
-        assert cluster.gateway.alive() and all(w.alive() for w in cluster.workers)
+    for stream in streams:
+        stream.join(timeout=DRAIN_GRACE_S)
+        assert stream.error is None, stream.error
+        assert stream.text == expected[stream.prompt]
+        assert stream.finish_reason == "length" and stream.completion_tokens == MAX_TOKENS
+    cluster.scheduler.popen.wait(timeout=max(0.0, signalled + DRAIN_GRACE_S - time.monotonic()))
+    assert cluster.scheduler.popen.returncode == 0
+    assert cluster.gateway.alive() and all(w.alive() for w in cluster.workers)
 
-        cluster.scheduler.start()
-        cluster.wait_for_workers(1)
-        again = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
-        assert again.usage.completion_tokens == 3
+    cluster.scheduler.start()
+    cluster.wait_for_workers(1)
+    again = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, extra_body={"ignore_eos": True})
+    assert again.usage.completion_tokens == 3
