@@ -16,15 +16,17 @@ setup: venv protos
 	@$(MAKE) --no-print-directory -j2 kernels model
 
 # pip takes torch from the machine's local CPU wheel (uv does not look there); uv installs the rest
-# (1 min 55 s with pip, 8 s with uv); compileall then writes the bytecode on every core, which pip
-# would have written file by file. It runs even where PYTHONDONTWRITEBYTECODE is set, so no process
-# compiles torch or transformers from source at each start. A file only a newer Python can compile
-# (torch ships one) fails there as it would under pip, which ignores it too.
+# (1 min 55 s with pip, 8 s with uv), or pip where uv fails (uv reads no pip.conf: a private index
+# configured only for pip). compileall then writes the bytecode on every core, which pip would have
+# written file by file. It runs even where PYTHONDONTWRITEBYTECODE is set, so no process compiles
+# torch or transformers from source at each start. A file only a newer Python can compile (torch
+# ships one) fails there as it would under pip, which ignores it too.
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0 uv==0.13.9
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[test]"
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e ".[test]" \
+		|| $(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e ".[test]"
 	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 	touch $@
 
@@ -65,7 +67,7 @@ low-priority-model: | $(STAMP)
 	@nice -n 15 $(MAKE) --no-print-directory model
 
 test-suite: kernels test-models
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
