@@ -76,15 +76,17 @@ def sampling_params(req: SamplingFields, max_tokens: int, seed_offset: int,
         stop_token_ids=list(req.stop_token_ids or []),
         ignore_eos=bool(req.ignore_eos),
         logprobs=req.logprobs_k(),
+        logit_bias=req.logit_bias_by_id,
     )
 
 
 def plan_generation(req: SamplingFields, prompts: list[list[int]], tokenizer: ModelTokenizer,
                     id_prefix: str, prompt_param: str, max_tokens_param: str) -> GenerationPlan:
-    outside = [t for t in req.stop_token_ids or [] if t >= tokenizer.vocab_size]
-    if outside:
-        raise invalid_request(f"stop_token_ids: {outside[0]} is outside the vocabulary "
-                              f"(size {tokenizer.vocab_size})", param="stop_token_ids")
+    for param, token_ids in (("stop_token_ids", req.stop_token_ids or []), ("logit_bias", req.logit_bias_by_id)):
+        outside = [t for t in token_ids if t >= tokenizer.vocab_size]
+        if outside:
+            raise invalid_request(f"{param}: {outside[0]} is outside the vocabulary "
+                                  f"(size {tokenizer.vocab_size})", param=param)
     n = req.n or 1
     request_id = f"{id_prefix}-{uuid.uuid4().hex}"
     requests: list[GenerateRequest] = []

@@ -7,6 +7,7 @@ cause (each is also in /openapi.json):
 - `n` <= MAX_N; prompts per completions request <= MAX_PROMPTS; prompts x n <= MAX_CHOICES
 - `stop`: at most MAX_STOP_STRINGS strings of 1..MAX_STOP_LENGTH characters
 - `stop_token_ids`: at most MAX_STOP_TOKEN_IDS ids; `logprobs` / `top_logprobs` <= MAX_TOP_LOGPROBS
+- `logit_bias`: at most MAX_LOGIT_BIAS token ids (decimal strings, as OpenAI's), biases -100..100
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import from_validation_error, invalid_request
+from gateway.unsupported_fields import (TOOL_RULES, ResponseFormat, Suffix, check_response_format, refuse_suffix,
+                                        refuse_tool_use)
 
 MAX_N = 16
 MAX_PROMPTS = 64
@@ -25,12 +28,22 @@ MAX_STOP_STRINGS = 32
 MAX_STOP_LENGTH = 256
 MAX_STOP_TOKEN_IDS = 256
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 1024
 MAX_MESSAGES = 4096
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default; send temperature=0 for greedy decoding
 
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+_TOKEN_ID_KEY = r"^[0-9]{1,9}$"  # a token id as a JSON object key, below 10**9 (fits int32)
+_BIAS = {"type": "number", "minimum": -100, "maximum": 100}
+LogitBias = Annotated[
+    Annotated[dict[Annotated[str, Field(pattern=_TOKEN_ID_KEY)], Annotated[float, Field(ge=-100, le=100)]],
+              Field(max_length=MAX_LOGIT_BIAS)] | None,
+    WithJsonSchema({"anyOf": [{"type": "object", "maxProperties": MAX_LOGIT_BIAS,
+                               "propertyNames": {"pattern": _TOKEN_ID_KEY}, "additionalProperties": _BIAS},
+                              {"type": "null"}]}),
+]
 
 
 class _Strict(BaseModel):
@@ -101,15 +114,26 @@ class SamplingFields(_Strict):
     min_tokens: int | None = Field(None, ge=0, le=INT32_MAX)
     priority: int | None = Field(None, ge=-INT32_MAX, le=INT32_MAX)
     cache_salt: str | None = Field(None, min_length=1, max_length=256)
+    logit_bias: LogitBias = None
+    response_format: ResponseFormat = None  # accepted for text only: see gateway.unsupported_fields
 
     @field_validator("stop")
     @classmethod
     def _valid_stop(cls, value: Any) -> list[str]:
         return _check_stop(value)
 
+    @field_validator("response_format")
+    @classmethod
+    def _valid_response_format(cls, value: Any) -> Any:
+        return check_response_format(value)
+
     @property
     def stop_strings(self) -> list[str]:
         return self.stop or []
+
+    @property
+    def logit_bias_by_id(self) -> dict[int, float]:
+        return {int(token): bias for token, bias in (self.logit_bias or {}).items()}
 
     @property
     def include_usage(self) -> bool:
@@ -165,12 +189,17 @@ class ChatMessage(_Strict):
 
 class ChatCompletionRequest(SamplingFields):
     model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE,
-                                                           _only_with("top_logprobs", "logprobs")]})
+                                                           _only_with("top_logprobs", "logprobs"), *TOOL_RULES]})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # accepted only with the choice "none": see gateway.unsupported_fields
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -182,6 +211,8 @@ class ChatCompletionRequest(SamplingFields):
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
+        refuse_tool_use(self.tools, self.tool_choice)
+        refuse_tool_use(self.functions, self.function_call, "functions", "function_call")
 
 
 def _check_prompt(value: Any) -> list[str] | list[list[int]]:
@@ -227,6 +258,7 @@ class CompletionRequest(SamplingFields):
     echo: Annotated[bool | None, WithJsonSchema({"anyOf": [{"const": False}, {"type": "null"}],
                                                  "description": "echoing the prompt is not supported"})] = None
     best_of: int | None = Field(None, ge=1)
+    suffix: Suffix = None
 
     @field_validator("prompt")
     @classmethod
@@ -240,6 +272,7 @@ class CompletionRequest(SamplingFields):
         super().check()
         if self.echo:
             raise invalid_request("echo: echoing the prompt is not supported", param="echo")
+        refuse_suffix(self.suffix)
         if self.best_of is not None and self.best_of != (self.n or 1):
             raise invalid_request("best_of: only best_of equal to n is supported", param="best_of")
         if len(self.prompt) * (self.n or 1) > MAX_CHOICES:

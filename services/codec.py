@@ -37,7 +37,7 @@ def sampling_to_pb(s: SamplingParams) -> pb.SamplingParams:
         presence_penalty=s.presence_penalty, frequency_penalty=s.frequency_penalty,
         repetition_penalty=s.repetition_penalty, has_seed=s.seed is not None, seed=s.seed or 0,
         max_tokens=s.max_tokens, min_tokens=s.min_tokens, stop_token_ids=s.stop_token_ids,
-        ignore_eos=s.ignore_eos, logprobs=s.logprobs,
+        ignore_eos=s.ignore_eos, logprobs=s.logprobs, logit_bias=s.logit_bias,
     )
 
 
@@ -47,7 +47,7 @@ def sampling_from_pb(m: pb.SamplingParams) -> SamplingParams:
         presence_penalty=m.presence_penalty, frequency_penalty=m.frequency_penalty,
         repetition_penalty=m.repetition_penalty, seed=m.seed if m.has_seed else None,
         max_tokens=m.max_tokens, min_tokens=m.min_tokens, stop_token_ids=list(m.stop_token_ids),
-        ignore_eos=m.ignore_eos, logprobs=m.logprobs,
+        ignore_eos=m.ignore_eos, logprobs=m.logprobs, logit_bias=dict(m.logit_bias),
     )
 
 

@@ -234,8 +234,17 @@ class LocalCluster:
             time.sleep(0.1)
 
 
+def _interrupt(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_forever() -> None:
-    """`make run`: one worker on FERRUM_INFER_MODEL_PATH, redis unless FERRUM_INFER_REDIS_URL is set."""
+    """`make run`: one worker on FERRUM_INFER_MODEL_PATH, redis unless FERRUM_INFER_REDIS_URL is set.
+
+    SIGTERM and SIGHUP stop it as Ctrl-C does: the processes run in sessions of their own, so
+    without the handler they would outlive it and keep its ports."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     model_path = os.environ.get("FERRUM_INFER_MODEL_PATH", "models/ferrum-demo")
     port = int(os.environ.get("FERRUM_INFER_PORT", "8080"))
     external_redis = bool(os.environ.get("FERRUM_INFER_REDIS_URL"))
@@ -254,4 +263,6 @@ def run_forever() -> None:
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a repeated signal must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
         cluster.stop()

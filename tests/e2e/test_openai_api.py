@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from transformers import AutoTokenizer
 
 from tests.e2e.conftest import API_KEY
 
@@ -86,6 +87,17 @@ def test_chat_logprobs(client):
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in content)
+
+
+def test_logit_bias_forces_a_token(client, tiny_llama_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    forced = tokenizer.encode(" license", add_special_tokens=False)[0]
+    plain = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0,
+                                      extra_body={"ignore_eos": True})
+    biased = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, temperature=0,
+                                       logit_bias={str(forced): 100}, extra_body={"ignore_eos": True})
+    expected = tokenizer.decode([forced] * 4, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert biased.choices[0].text == expected != plain.choices[0].text
 
 
 @pytest.mark.parametrize("kwargs, param", [

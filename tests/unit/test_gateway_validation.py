@@ -9,7 +9,8 @@ import pytest
 from gateway.errors import OpenAIError
 from gateway.planning import plan_generation
 from gateway.prompts import chat_prompt_ids, completion_prompt_ids
-from gateway.protocol import MAX_N, MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.protocol import (MAX_LOGIT_BIAS, MAX_N, MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest,
+                              parse_request)
 from tests.unit.test_gateway_support import bundle, tokenizer  # noqa: F401  (fixtures)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -34,6 +35,8 @@ def rejected(body: dict | bytes, model=ChatCompletionRequest) -> OpenAIError:
     ("top_logprobs", 21), ("seed", 2**70), ("seed", "7"),
     ("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("min_tokens", -1),
     ("stop_token_ids", [-1]), ("stop_token_ids", list(range(300))),
+    ("logit_bias", {"x": 1}), ("logit_bias", {"-1": 1}), ("logit_bias", {"5": 101}), ("logit_bias", {"5": "1"}),
+    ("logit_bias", [5]), ("logit_bias", {str(i): 1 for i in range(MAX_LOGIT_BIAS + 1)}),
     ("stream", "yes"), ("stream_options", {"include_usage": "yes"}),
     ("cache_salt", ""), ("priority", 2**40), ("user", 5), ("model", ""),
 ])
@@ -93,7 +96,7 @@ def test_cross_field_rules():
 
 
 def test_unknown_fields_are_ignored_and_forms_normalised():
-    chat = parse_request(json.dumps(CHAT | {"tools": [], "surprise": {"x": 1}, "stop": "END"}).encode(),
+    chat = parse_request(json.dumps(CHAT | {"store": True, "surprise": {"x": 1}, "stop": "END"}).encode(),
                          ChatCompletionRequest)
     assert chat.stop_strings == ["END"]
     assert parse_request(json.dumps(TEXT | {"prompt": [1, 2, 3]}).encode(), CompletionRequest).prompt == [[1, 2, 3]]
@@ -133,6 +136,7 @@ def test_prompt_filling_the_context_leaves_no_room(tokenizer):
 @pytest.mark.parametrize("body, param", [
     (TEXT | {"prompt": [1, 2, 10**6]}, "prompt"),
     (TEXT | {"prompt": "x", "stop_token_ids": [10**6]}, "stop_token_ids"),
+    (TEXT | {"prompt": "x", "logit_bias": {"5": 1, "1000000": -1}}, "logit_bias"),
     (TEXT | {"prompt": "x", "max_tokens": 5, "min_tokens": 6}, "min_tokens"),
 ])
 def test_token_ids_outside_vocab_and_inconsistent_limits(tokenizer, body, param):
@@ -165,10 +169,12 @@ def test_chat_template_failure_is_a_400(tokenizer):
 
 def test_sampling_defaults_and_vllm_extras_reach_the_worker(tokenizer):
     req = parsed(TEXT | {"max_tokens": 4, "top_k": -1, "ignore_eos": True, "stop_token_ids": [7],
-                         "min_tokens": 2, "priority": -3, "cache_salt": "s", "repetition_penalty": 1.2})
+                         "min_tokens": 2, "priority": -3, "cache_salt": "s", "repetition_penalty": 1.2,
+                         "logit_bias": {"7": -2.5, "0": 100}})
     upstream = plan_generation(req, completion_prompt_ids(tokenizer, req), tokenizer, "cmpl", "prompt",
                                "max_tokens").requests[0]
     s = upstream.sampling
     assert (s.temperature, s.top_p, s.top_k, s.logprobs) == (1.0, 1.0, 0, -1)
     assert (s.ignore_eos, s.stop_token_ids, s.min_tokens, s.repetition_penalty) == (True, [7], 2, 1.2)
+    assert s.logit_bias == {7: -2.5, 0: 100.0}
     assert (upstream.priority, upstream.cache_salt) == (-3, "s")

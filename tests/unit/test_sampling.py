@@ -175,11 +175,21 @@ def test_min_tokens_masks_for_random_rows_too():
     assert not {EOS, 7} & set(token_ids(sampled))
 
 
+def test_logit_bias_forces_or_bans_tokens_in_its_own_row_only():
+    logits = random_logits(4)
+    second_best = logits[1].topk(2).indices[1].item()
+    everything_but_9 = {token: -100.0 for token in range(VOCAB) if token != 9}
+    rows = [row(logit_bias={7: 100.0}), row(logit_bias={int(logits[1].argmax()): -100.0}), row(),
+            row(temperature=1.0, seed=3, logit_bias=everything_but_9)]
+    sampled = Sampler(VOCAB, [EOS], "cpu").sample(logits, rows)
+    assert token_ids(sampled) == [7, second_best, int(logits[2].argmax()), 9]
+
+
 def test_logprobs_come_from_the_raw_logits():
     logits = random_logits(3)
     rows = [
         row(logprobs=4, repetition_penalty=1.5, prompt=[int(logits[0].argmax())]),
-        row(logprobs=0, temperature=0.8, seed=5),
+        row(logprobs=0, temperature=0.8, seed=5, logit_bias={3: 2.0}),
         row(),
     ]
     sampled = Sampler(VOCAB, [EOS], "cpu").sample(logits, rows)

@@ -1,4 +1,4 @@
-"""Repetition, presence and frequency penalties, and the min_tokens stop-token mask.
+"""Logit bias, repetition, presence and frequency penalties, and the min_tokens stop-token mask.
 
 All of them change a float32 logits tensor `[rows, vocab]` in place, vectorised over the rows.
 Token histories are packed into one padded tensor; the penalties gather the logits of the
@@ -58,6 +58,18 @@ def apply_presence_frequency_penalties(
     occurrences = counts.gather(1, token_ids)
     penalty = presence.unsqueeze(1) * (occurrences > 0) + frequency.unsqueeze(1) * occurrences
     logits.scatter_(1, token_ids, logits.gather(1, token_ids) - penalty)
+
+
+def add_logit_bias(logits: torch.Tensor, rows: Sequence[int], biases: Sequence[dict[int, float]]) -> None:
+    """Add `biases[i][token]` to `logits[rows[i], token]` in place (OpenAI's logit_bias). Token ids
+    outside the logits' width are ignored."""
+    vocab_size = logits.shape[1]
+    entries = [(row, token, bias) for row, row_biases in zip(rows, biases)
+               for token, bias in row_biases.items() if 0 <= token < vocab_size]
+    if entries:
+        row_index, token_index, values = zip(*entries)
+        index = (torch.tensor(row_index, device=logits.device), torch.tensor(token_index, device=logits.device))
+        logits.index_put_(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
 
 
 def mask_stop_tokens(logits: torch.Tensor, rows: Sequence[int], token_ids: Sequence[Sequence[int]]) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from services.types import SamplingParams
 from worker.sampling.logprobs import raw_logprobs
-from worker.sampling.penalties import mask_stop_tokens, penalise
+from worker.sampling.penalties import add_logit_bias, mask_stop_tokens, penalise
 from worker.sampling.rows import SampledToken, SamplingRow
 from worker.sampling.seeding import uniforms
 from worker.sampling.truncation import apply_min_p, apply_top_k, apply_top_p
@@ -17,8 +17,8 @@ from worker.sampling.truncation import apply_min_p, apply_top_k, apply_top_p
 class Sampler:
     """Samples one token per row, vectorised over the batch.
 
-    Order of operations (as in vLLM and transformers): penalties and the min_tokens mask on the
-    raw logits; greedy rows take the argmax; random rows are divided by their temperature,
+    Order of operations (as in vLLM and transformers): logit bias, penalties and the min_tokens
+    mask on the raw logits; greedy rows take the argmax; random rows are divided by their temperature,
     truncated by top-k, top-p and min-p, and draw by inverse CDF with one uniform number per row,
     a seeded row's number coming from its own generator only. Logprobs, when asked for, describe
     the raw logits. Without penalties a greedy row's token is exactly torch.argmax(logits).
@@ -41,17 +41,20 @@ class Sampler:
         raw = logits.float()
         if all(_is_plain_greedy(row) for row in rows):
             return [SampledToken(token_id) for token_id in self._argmax(raw).tolist()]
-        processed = self._penalised(raw, rows)
+        processed = self._processed(raw, rows)
         chosen = self._choose(processed, rows)
         return self._with_logprobs(raw, chosen, rows)
 
-    def _penalised(self, raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
-        """The logits after penalties and the min_tokens mask (`raw` itself when neither applies)."""
+    def _processed(self, raw: torch.Tensor, rows: Sequence[SamplingRow]) -> torch.Tensor:
+        """The logits after logit bias, penalties and the min_tokens mask (`raw` itself when none
+        applies)."""
+        biased = [i for i, row in enumerate(rows) if row.params.logit_bias]
         penalised = [i for i, row in enumerate(rows) if _has_penalty(row.params)]
         early = [i for i, row in enumerate(rows) if len(row.output_token_ids) < row.params.min_tokens]
-        if not penalised and not early:
+        if not biased and not penalised and not early:
             return raw
         logits = raw.clone()
+        add_logit_bias(logits, biased, [rows[i].params.logit_bias for i in biased])
         if penalised:
             selected = [rows[i] for i in penalised]
             index = torch.tensor(penalised, device=logits.device)
@@ -154,5 +157,6 @@ def _is_plain_greedy(row: SamplingRow) -> bool:
         params.greedy
         and params.logprobs < 0
         and not _has_penalty(params)
+        and not params.logit_bias
         and len(row.output_token_ids) >= params.min_tokens
     )
