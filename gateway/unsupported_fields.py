@@ -3,8 +3,8 @@ tool calling, and insertion before a suffix.
 
 Unknown fields are ignored, but these are known: a client that sends one relies on it, so each is
 accepted only in its forms that ask for nothing (`response_format` text, no tools or `tool_choice`
-"none", an empty `suffix`), and otherwise refused with a 400 naming it, never answered as if it were absent.
-/openapi.json states the same rules.
+"none", an empty `suffix`), and otherwise refused with a 400 naming it, never answered as if it
+were absent. /openapi.json states the same rules.
 """
 
 from __future__ import annotations

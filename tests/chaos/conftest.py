@@ -35,7 +35,8 @@ def uninterrupted(client: openai.OpenAI, prompt: str, max_tokens: int) -> str:
 
 
 def _shared(model_dir, workers: int):
-    with make_cluster(model_dir, workers=workers, env={"FERRUM_INFER_DRAIN_GRACE_S": str(DRAIN_GRACE_S)}) as cluster:
+    env = {"FERRUM_INFER_DRAIN_GRACE_S": str(DRAIN_GRACE_S)}
+    with make_cluster(model_dir, workers=workers, env=env) as cluster:
         yield cluster
 
 

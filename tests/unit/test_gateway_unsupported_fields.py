@@ -10,8 +10,8 @@ import pytest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from tests.unit.test_gateway_validation import CHAT, TEXT, rejected
 
-TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
 FUNCTION = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+TOOL = {"type": "function", "function": FUNCTION}
 
 
 @pytest.mark.parametrize("body, model, param, words", [

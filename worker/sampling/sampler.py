@@ -18,10 +18,11 @@ class Sampler:
     """Samples one token per row, vectorised over the batch.
 
     Order of operations (as in vLLM and transformers): logit bias, penalties and the min_tokens
-    mask on the raw logits; greedy rows take the argmax; random rows are divided by their temperature,
-    truncated by top-k, top-p and min-p, and draw by inverse CDF with one uniform number per row,
-    a seeded row's number coming from its own generator only. Logprobs, when asked for, describe
-    the raw logits. Without penalties a greedy row's token is exactly torch.argmax(logits).
+    mask on the raw logits; greedy rows take the argmax; random rows are divided by their
+    temperature, truncated by top-k, top-p and min-p, and draw by inverse CDF with one uniform
+    number per row, a seeded row's number coming from its own generator only. Logprobs, when asked
+    for, describe the raw logits. Without bias or penalties a greedy row's token is exactly
+    torch.argmax(logits).
     """
 
     def __init__(self, vocab_size: int, eos_token_ids: Sequence[int], device: str | torch.device,
