@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from services.local_cluster import LocalCluster, WorkerSpec
+from tests.conftest import WORKER_ENV
 
 MODEL = "tiny-llama"
 DRAIN_GRACE_S = 60.0  # the shared clusters' drain grace: long enough for every stream a test drains
@@ -19,7 +20,7 @@ DRAIN_GRACE_S = 60.0  # the shared clusters' drain grace: long enough for every 
 def make_cluster(model_dir, workers: int = 2, env: dict[str, str] | None = None,
                  worker_env: dict[str, str] | None = None, redis: bool = True) -> LocalCluster:
     specs = [WorkerSpec(str(model_dir), model_name=MODEL,
-                        env={"FERRUM_INFER_DTYPE": "float32", **(worker_env or {})}) for _ in range(workers)]
+                        env={**WORKER_ENV, **(worker_env or {})}) for _ in range(workers)]
     return LocalCluster(specs, redis=redis, env=env)
 
 

@@ -6,13 +6,15 @@ import openai
 import pytest
 
 from services.local_cluster import LocalCluster, WorkerSpec
+from tests.conftest import WORKER_ENV
 from tests.e2e.conftest import scrape
 
 pytestmark = pytest.mark.cluster
 
 
 def test_each_model_is_listed_and_served_by_its_own_worker(tiny_llama_dir, tiny_qwen2_dir):
-    specs = [WorkerSpec(str(tiny_llama_dir), "llama-model"), WorkerSpec(str(tiny_qwen2_dir), "qwen2-model")]
+    specs = [WorkerSpec(str(tiny_llama_dir), "llama-model", WORKER_ENV),
+             WorkerSpec(str(tiny_qwen2_dir), "qwen2-model", WORKER_ENV)]
     with LocalCluster(specs, redis=False) as cluster:
         client = openai.OpenAI(base_url=cluster.base_url, api_key="x", max_retries=0)
         assert sorted(m.id for m in client.models.list().data) == ["llama-model", "qwen2-model"]

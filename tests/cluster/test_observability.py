@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from services.local_cluster import LocalCluster, WorkerSpec
+from tests.conftest import WORKER_ENV
 from tests.e2e.conftest import scrape, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -34,7 +35,7 @@ def spans(cluster) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def traced_cluster(tiny_llama_dir):
-    spec = WorkerSpec(str(tiny_llama_dir), MODEL, {"FERRUM_INFER_DTYPE": "float32"})
+    spec = WorkerSpec(str(tiny_llama_dir), MODEL, WORKER_ENV)
     with LocalCluster([spec], redis=True, env={"OTEL_TRACES_EXPORTER": "console"}) as cluster:
         yield cluster
 

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from services.local_cluster import LocalCluster, WorkerSpec
+from tests.conftest import WORKER_ENV
 from tests.e2e.conftest import scrape, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -26,7 +27,7 @@ GROUPS = [
 
 
 def cluster_of(model_dir, workers: int, worker_env=None, env=None) -> LocalCluster:
-    specs = [WorkerSpec(str(model_dir), MODEL, {"FERRUM_INFER_DTYPE": "float32", **(worker_env or {})})
+    specs = [WorkerSpec(str(model_dir), MODEL, {**WORKER_ENV, **(worker_env or {})})
              for _ in range(workers)]
     return LocalCluster(specs, redis=True, env=env)
 

@@ -11,13 +11,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.local_cluster import LocalCluster, WorkerSpec
+from tests.conftest import WORKER_ENV
 
 API_KEY = "test-key-e2e"
 
 
 @pytest.fixture(scope="package")
 def cluster(tiny_llama_dir):
-    spec = WorkerSpec(str(tiny_llama_dir), model_name="tiny-llama", env={"FERRUM_INFER_DTYPE": "float32"})
+    spec = WorkerSpec(str(tiny_llama_dir), model_name="tiny-llama", env=WORKER_ENV)
     with LocalCluster([spec], env={"FERRUM_INFER_API_KEY": API_KEY}) as c:
         yield c
 

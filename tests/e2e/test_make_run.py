@@ -16,6 +16,7 @@ import openai
 import pytest
 
 from services.local_cluster import REPO_ROOT, free_port
+from tests.conftest import WORKER_ENV
 from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -46,8 +47,8 @@ def running(pid: int) -> bool:
 
 def test_sigterm_stops_every_process_of_make_run(tiny_llama_dir, tmp_path):
     port = free_port()
-    env = {**os.environ, "FERRUM_INFER_MODEL_PATH": str(tiny_llama_dir), "FERRUM_INFER_MODEL_NAME": "tiny-llama",
-           "FERRUM_INFER_PORT": str(port)}
+    env = {**os.environ, **WORKER_ENV, "FERRUM_INFER_MODEL_PATH": str(tiny_llama_dir),
+           "FERRUM_INFER_MODEL_NAME": "tiny-llama", "FERRUM_INFER_PORT": str(port)}
     output = (tmp_path / "make-run.log").open("w+")
     run = subprocess.Popen([sys.executable, "-c", RUN], cwd=REPO_ROOT, env=env, stdout=output,
                            stderr=subprocess.STDOUT)
