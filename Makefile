@@ -59,7 +59,8 @@ test-models: $(STAMP)
 
 # The suite starts once the kernels and its models are built. It never loads the demo model, whose
 # one training thread (the set-up's longest part: 3-4 min on 2 cores) goes on beside the kernels'
-# build and the tests at low priority, on what CPU they leave; `make test` ends when both have finished.
+# build and the tests at low priority, on what CPU they leave; `make test` ends when both have
+# finished.
 test: venv protos
 	@$(MAKE) --no-print-directory -j3 low-priority-model test-suite
 
