@@ -7,7 +7,8 @@ cause (each is also in /openapi.json):
 - `n` <= MAX_N; prompts per completions request <= MAX_PROMPTS; prompts x n <= MAX_CHOICES
 - `stop`: at most MAX_STOP_STRINGS strings of 1..MAX_STOP_LENGTH characters
 - `stop_token_ids`: at most MAX_STOP_TOKEN_IDS ids; `logprobs` / `top_logprobs` <= MAX_TOP_LOGPROBS
-- `logit_bias`: at most MAX_LOGIT_BIAS token ids (decimal strings, as OpenAI's), biases -100..100
+- `logit_bias`: at most MAX_LOGIT_BIAS token ids (decimal strings, as OpenAI's), each bias within
+  +-MAX_BIAS
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ MAX_STOP_LENGTH = 256
 MAX_STOP_TOKEN_IDS = 256
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 1024
+MAX_BIAS = 100  # OpenAI's bound: +-100 already bans or forces a token
 MAX_MESSAGES = 4096
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -36,12 +38,12 @@ DEFAULT_TEMPERATURE = 1.0  # OpenAI's default; send temperature=0 for greedy dec
 
 TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
 _TOKEN_ID_KEY = r"^[0-9]{1,9}$"  # a token id as a JSON object key, below 10**9 (fits int32)
-_BIAS = {"type": "number", "minimum": -100, "maximum": 100}
+_BIAS_SCHEMA = {"type": "number", "minimum": -MAX_BIAS, "maximum": MAX_BIAS}
+_Bias = Annotated[float, Field(ge=-MAX_BIAS, le=MAX_BIAS)]
 LogitBias = Annotated[
-    Annotated[dict[Annotated[str, Field(pattern=_TOKEN_ID_KEY)], Annotated[float, Field(ge=-100, le=100)]],
-              Field(max_length=MAX_LOGIT_BIAS)] | None,
+    Annotated[dict[Annotated[str, Field(pattern=_TOKEN_ID_KEY)], _Bias], Field(max_length=MAX_LOGIT_BIAS)] | None,
     WithJsonSchema({"anyOf": [{"type": "object", "maxProperties": MAX_LOGIT_BIAS,
-                               "propertyNames": {"pattern": _TOKEN_ID_KEY}, "additionalProperties": _BIAS},
+                               "propertyNames": {"pattern": _TOKEN_ID_KEY}, "additionalProperties": _BIAS_SCHEMA},
                               {"type": "null"}]}),
 ]
 

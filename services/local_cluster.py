@@ -179,23 +179,19 @@ class LocalCluster:
         self.workers[index].stop()
         self.workers[index].start()
 
-    def revive(self) -> list[str]:
+    def revive(self) -> None:
         """Make the cluster whole again after a chaos test: start Redis if stopped, restart every
         process that exited, was killed or was sent SIGTERM, then wait as `start` does (plus: the
-        scheduler lists exactly this cluster's workers, no stale one). Returns the names of the
-        processes restarted; tests sharing one cluster call it first, so each starts from a whole
-        cluster whatever the test before it broke."""
+        scheduler lists exactly this cluster's workers, no stale one). Tests sharing one cluster
+        call it first, so each starts from a whole cluster whatever the test before it broke."""
         if self.redis and not self.redis.running:
             self.redis.start()
-        restarted = []
         for proc in [self.scheduler, *self.workers, self.gateway]:
             if proc.draining or not proc.alive():
                 proc.stop()
                 proc.start()
-                restarted.append(proc.name)
         self._wait(lambda: self.live_workers() == len(self.workers), f"exactly {len(self.workers)} worker(s)")
         self._wait(lambda: self._http_ok("/ping"), "the gateway to answer /ping")
-        return restarted
 
     # ------------------------------------------------------------------ readiness
 

@@ -61,24 +61,26 @@ def apply_presence_frequency_penalties(
 
 
 def add_logit_bias(logits: torch.Tensor, rows: Sequence[int], biases: Sequence[dict[int, float]]) -> None:
-    """Add `biases[i][token]` to `logits[rows[i], token]` in place (OpenAI's logit_bias). Token ids
-    outside the logits' width are ignored."""
-    vocab_size = logits.shape[1]
-    entries = [(row, token, bias) for row, row_biases in zip(rows, biases)
-               for token, bias in row_biases.items() if 0 <= token < vocab_size]
-    if entries:
-        row_index, token_index, values = zip(*entries)
-        index = (torch.tensor(row_index, device=logits.device), torch.tensor(token_index, device=logits.device))
-        logits.index_put_(index, torch.tensor(values, dtype=logits.dtype, device=logits.device), accumulate=True)
+    """Add `biases[i][token]` to `logits[rows[i], token]` in place (OpenAI's logit_bias)."""
+    _put(logits, rows, biases, accumulate=True)
 
 
 def mask_stop_tokens(logits: torch.Tensor, rows: Sequence[int], token_ids: Sequence[Sequence[int]]) -> None:
     """Set `logits[rows[i], token_ids[i]]` to -inf in place (min_tokens not yet reached)."""
+    _put(logits, rows, [dict.fromkeys(ids, float("-inf")) for ids in token_ids], accumulate=False)
+
+
+def _put(logits: torch.Tensor, rows: Sequence[int], values: Sequence[dict[int, float]], accumulate: bool) -> None:
+    """Write (or, accumulating, add) `values[i][token]` at `logits[rows[i], token]` in one call for the
+    batch. Token ids outside the logits' width are ignored."""
     vocab_size = logits.shape[1]
-    pairs = [(row, token) for row, ids in zip(rows, token_ids) for token in ids if 0 <= token < vocab_size]
-    if pairs:
-        index = torch.tensor(pairs, device=logits.device).t()
-        logits.index_put_((index[0], index[1]), torch.tensor(float("-inf"), device=logits.device))
+    entries = [(row, token, value) for row, row_values in zip(rows, values)
+               for token, value in row_values.items() if 0 <= token < vocab_size]
+    if entries:
+        row_index, token_index, written = zip(*entries)
+        index = (torch.tensor(row_index, device=logits.device), torch.tensor(token_index, device=logits.device))
+        written = torch.tensor(written, dtype=logits.dtype, device=logits.device)
+        logits.index_put_(index, written, accumulate=accumulate)
 
 
 def _pack(
