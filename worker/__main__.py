@@ -24,6 +24,7 @@ from services.prefix_index import PrefixIndex, connect
 from services.tracing import setup_tracing
 from services.types import WorkerRegister
 from worker.engine import create_engine
+from worker.engine_api import UnsupportedModel
 from worker.engine_config import EngineConfig
 from worker.engine_loop import EngineLoop, load_engine
 from worker.index_publisher import IndexPublisher
@@ -76,7 +77,10 @@ async def serve(settings: WorkerSettings) -> None:
         max_len = min(max_len, settings.max_sequence_length)
     started = time.monotonic()
     config = engine_config(settings, max_len)
-    engine = await load_engine(lambda: create_engine(str(model_dir), config, eos_token_ids(model_dir)))
+    try:
+        engine = await load_engine(lambda: create_engine(str(model_dir), config, eos_token_ids(model_dir)))
+    except UnsupportedModel as error:
+        raise SystemExit(f"cannot serve {settings.model_path}: {error}") from None
     log.info("model loaded", extra={"model": name, "seconds": round(time.monotonic() - started, 2),
                                     "capacity": vars(engine.capacity)})
     cap = engine.capacity

@@ -22,6 +22,10 @@ class RequestRejected(ValueError):
     """Raised by `add_request` for a request this engine can never serve (e.g. longer than its cache)."""
 
 
+class UnsupportedModel(RuntimeError):
+    """Raised while loading a model the engine cannot run correctly (the message says why)."""
+
+
 @dataclass(frozen=True)
 class EngineCapacity:
     """What the worker registers with the scheduler."""

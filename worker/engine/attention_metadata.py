@@ -5,10 +5,17 @@ Index conventions (see kv_cache.py for the layout `[num_blocks, kv_heads, block_
   row per (new token, kv head);
 - "gather rows" index the cache viewed as `[num_blocks * kv_heads, block_size * head_dim]`, one
   row per (block, kv head); gathered in order they form `[sequences, kv_heads, context, head_dim]`.
+
+The metadata reaches the attention function through `running_step`, not as a keyword argument of the
+model's forward: a decoder layer that does not pass its keyword arguments on to its attention
+(StableLM's) would drop it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -50,6 +57,7 @@ class PagedAttentionMetadata:
     decode_kernel: DecodeAttention | None = None  # compiled CPU paged decode attention; None: SDPA
     decode_step: DecodeStep | None = None  # the kernel's write-then-attend, for steps without prefills
     prefill_softmax: CausalSoftmax | None = None  # compiled bfloat16 prefill softmax; None: torch's
+    attended_layers: list[int] | None = None  # when a list: each attention call appends its layer index
     _masks: dict = field(default_factory=dict)
 
     def decode_mask(self, sliding_window: int | None, dtype: torch.dtype) -> torch.Tensor:
@@ -89,6 +97,24 @@ class PagedAttentionMetadata:
                 mask &= key_positions > query_positions - sliding_window
             self._masks[key] = mask
         return self._masks[key]
+
+
+_RUNNING_STEP: ContextVar[PagedAttentionMetadata | None] = ContextVar("paged_attention_step", default=None)
+
+
+@contextmanager
+def running_step(meta: PagedAttentionMetadata) -> Iterator[None]:
+    """Every paged attention call inside the block (on this thread) reads `meta`."""
+    token = _RUNNING_STEP.set(meta)
+    try:
+        yield
+    finally:
+        _RUNNING_STEP.reset(token)
+
+
+def current_step() -> PagedAttentionMetadata | None:
+    """The metadata of the step running on this thread; None outside `running_step`."""
+    return _RUNNING_STEP.get()
 
 
 def write_rows(slots: torch.Tensor, num_kv_heads: int, block_size: int) -> torch.Tensor:

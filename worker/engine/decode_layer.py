@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 
 from worker.engine.agreement import check_angles, check_rows, swap_agreeing_forwards
-from worker.engine.attention_metadata import PagedAttentionMetadata, write_rows
+from worker.engine.attention_metadata import PagedAttentionMetadata, current_step, running_step, write_rows
 from worker.engine.cpu_kernels import decode_step_kernel, kernel_supports
 from worker.engine.fused_projections import SiblingProjection
 from worker.engine.kv_cache import KVCache, KVShape
@@ -75,7 +75,7 @@ def _compiled_forward(layer: torch.nn.Module, layer_class: Callable) -> Callable
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool | None = False,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs) -> torch.Tensor:
-        meta = kwargs.get("paged_metadata")
+        meta = current_step()
         if (meta is not None and meta.decode_step is not None and not meta.prefills and past_key_values is None
                 and _kernels_read(hidden_states, position_embeddings, dtype)):
             starts, ends = meta.decode_bounds(window)
@@ -157,12 +157,12 @@ def _agrees(layer: torch.nn.Module, forward: Callable, steps: list[PagedAttentio
         index = attention.layer_idx
         caches = (meta.kv_cache.keys[index], meta.kv_cache.values[index])
         before = [cache.clone() for cache in caches]
-        with torch.inference_mode():
-            expected = vars(layer)["forward"](hidden, position_embeddings=angles, paged_metadata=meta)
+        with torch.inference_mode(), running_step(meta):
+            expected = vars(layer)["forward"](hidden, position_embeddings=angles)
             expected_caches = [cache.clone() for cache in caches]
             for cache, saved in zip(caches, before):
                 cache.copy_(saved)
-            actual = forward(hidden, position_embeddings=angles, paged_metadata=meta)
+            actual = forward(hidden, position_embeddings=angles)
         expected = expected[0] if isinstance(expected, tuple) else expected
         return (expected.shape == actual.shape and torch.equal(expected, actual)
                 and all(torch.equal(e, a) for e, a in zip(expected_caches, caches)))

@@ -6,9 +6,11 @@ import inspect
 import logging
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
+from worker.engine.attention_check import attention_not_paged, check_paged_attention
+from worker.engine.attention_metadata import running_step
 from worker.engine.compute_dtype import resolve_dtype
 from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_layer_class,
                                       decode_step_kernel, fused_layer_kernels, greedy_argmax_kernel, kernel_supports,
@@ -23,6 +25,7 @@ from worker.engine.packed_weights import can_pack, pack_linears
 from worker.engine.paged_attention import ATTENTION_NAME
 from worker.engine.rotary_attention import rotate_attention_embeddings
 from worker.engine.step_inputs import StepInputs
+from worker.engine_api import UnsupportedModel
 from worker.engine_config import EngineConfig
 
 log = logging.getLogger(__name__)
@@ -36,9 +39,7 @@ class ModelRunner:
         if self.device.type == "cpu":
             keep_freed_memory()  # activations live in host memory: reuse them, don't page-fault them
         self.dtype = resolve_dtype(model_dir, config.dtype, self.device)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=self.dtype, attn_implementation=ATTENTION_NAME
-        ).to(self.device)
+        self.model = _load_model(model_dir, self.dtype).to(self.device)
         self.model.eval()
         self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
         self.direct_layers = self.compiled_layers = 0
@@ -49,7 +50,10 @@ class ModelRunner:
             self._rewrite_modules(config, on_cpu_kernels)
         self.model_config = self.model.config
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
-        shape = KVShape.of(self.model_config)
+        try:
+            shape = KVShape.of(self.model_config)
+        except AttributeError as error:  # Mamba and other models without attention heads
+            raise UnsupportedModel(f"{type(self.model).__name__} has no attention heads to cache ({error})") from error
         if num_blocks is None:
             num_blocks = blocks_for_budget(shape, config.block_size, self.dtype, self.device, config.cache_size_mb)
         self.kv_cache = KVCache(shape, num_blocks, config.block_size, self.dtype, self.device)
@@ -65,6 +69,7 @@ class ModelRunner:
         # Capping the workspace at the cache's size bounds the engine's KV memory at twice the
         # configured budget (it stays empty while the kernel runs).
         self.workspace = DecodeWorkspace(self.kv_cache, max_bytes=self.kv_cache.num_bytes)
+        check_paged_attention(self.model, self.kv_cache, self.workspace)
         self._keeps_logits = "logits_to_keep" in _forward_parameters(self.model)
 
     def _rewrite_modules(self, config: EngineConfig, on_cpu_kernels: bool) -> None:
@@ -99,16 +104,24 @@ class ModelRunner:
     def forward(self, inputs: StepInputs) -> torch.Tensor:
         """Logits `[len(inputs.sampled_chunks), vocab]` in the model's dtype, row i for sampled chunk i."""
         kwargs = {"logits_to_keep": inputs.logits_indices} if self._keeps_logits else {}
-        logits = self.model(
-            input_ids=inputs.input_ids,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-            paged_metadata=inputs.metadata,
-            **kwargs,
-        ).logits[0]
+        with running_step(inputs.metadata):
+            logits = self.model(
+                input_ids=inputs.input_ids, position_ids=inputs.position_ids, use_cache=False, **kwargs
+            ).logits[0]
         if not self._keeps_logits:
             logits = logits.index_select(0, inputs.logits_indices)
         return logits
+
+
+def _load_model(model_dir: str, dtype: torch.dtype) -> torch.nn.Module:
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTENTION_NAME)
+    except KeyError as error:  # GPT-J, Falcon: attention classes looked up by implementation name
+        if error.args != (ATTENTION_NAME,):
+            raise
+        architecture = ", ".join(AutoConfig.from_pretrained(model_dir).architectures or ["the model"])
+        raise attention_not_paged(architecture, "its modeling code picks attention classes of its own by name "
+                                                f"and has none named {ATTENTION_NAME!r}") from error
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:

@@ -3,8 +3,8 @@
 The model runs one forward pass per step over a ragged batch flattened into batch dimension 1:
 first the decode tokens (one per sequence), then prefill chunks (several tokens of one sequence
 each). The HF modeling code runs unchanged with `attn_implementation=ATTENTION_NAME`; the
-step's `PagedAttentionMetadata` reaches `paged_attention` as the `paged_metadata` keyword that the
-model runner passes to the model's forward. No mask function is registered for this name, so
+step's `PagedAttentionMetadata` reaches `paged_attention` through `attention_metadata.running_step`,
+which the model runner holds around the model's forward. No mask function is registered for this name, so
 transformers' `create_causal_mask` returns None without building anything (masks are built once
 per step here, from the metadata).
 
@@ -19,6 +19,8 @@ written into the cache at the slot mapping, then
   The query heads sharing a KV head are packed as extra query rows (GQA without repeating K/V);
 - each prefill chunk attends causally over its sequence's cached prefix plus itself (a chunk with
   no prefix uses the fresh keys directly): prefill_attention.py.
+A layer with logit soft-capping (Gemma 2) reads the same contexts but attends with
+softcapped_attention.py in place of SDPA and the kernel.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from worker.engine.attention_metadata import PagedAttentionMetadata
+from worker.engine.attention_metadata import PagedAttentionMetadata, current_step, gather_rows
 from worker.engine.prefill_attention import prefill_attention
+from worker.engine.softcapped_attention import softcapped_attention
 
 ATTENTION_NAME = "ferrum_paged"
 
@@ -45,19 +48,18 @@ def paged_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
     softcap: float | None = None,
-    paged_metadata: PagedAttentionMetadata | None = None,
     **_: object,
 ) -> tuple[torch.Tensor, None]:
     """`query` `[1, heads, tokens, head_dim]`, `key`/`value` `[1, kv_heads, tokens, head_dim]`;
     returns `[1, tokens, heads, head_dim]`."""
-    if paged_metadata is None:
-        raise RuntimeError(f"{ATTENTION_NAME} attention needs paged_metadata (run the model via the engine)")
-    if softcap is not None:
-        raise NotImplementedError(f"{ATTENTION_NAME} attention does not support logit softcapping")
-    meta = paged_metadata
+    meta = current_step()
+    if meta is None:
+        raise RuntimeError(f"{ATTENTION_NAME} attention runs only inside an engine step (running_step)")
     layer = module.layer_idx
+    if meta.attended_layers is not None:
+        meta.attended_layers.append(layer)
     key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
-    if meta.decode_step is not None and not meta.prefills:  # most steps: one call, writes included
+    if meta.decode_step is not None and not meta.prefills and softcap is None:  # most steps: one call
         starts, ends = meta.decode_bounds(sliding_window)
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         return meta.decode_step(query, key, value, key_cache, value_cache, meta.write_rows,
@@ -70,12 +72,12 @@ def paged_attention(
 
     queries = query[0].transpose(0, 1)  # [tokens, heads, head_dim]
     if not meta.prefills:
-        return _decode(layer, queries, new_keys, new_values, meta, scaling, sliding_window).unsqueeze(0), None
+        return _decode(layer, queries, new_keys, new_values, meta, scaling, sliding_window, softcap).unsqueeze(0), None
     output = torch.empty(num_tokens, num_heads, value.shape[-1], dtype=query.dtype, device=query.device)
     if meta.num_decodes:
         count = meta.num_decodes
         output[:count] = _decode(layer, queries[:count], new_keys[:count], new_values[:count], meta, scaling,
-                                 sliding_window)
+                                 sliding_window, softcap)
     for index, chunk in enumerate(meta.prefills):
         rows = slice(chunk.query_start, chunk.query_end)
         if chunk.context_start == 0:
@@ -85,7 +87,8 @@ def paged_attention(
             keys = _gather(key_cache, chunk.context_rows, key_space, 1)[0, :, : chunk.context_len]
             values = _gather(value_cache, chunk.context_rows, value_space, 1)[0, :, : chunk.context_len]
         output[rows] = prefill_attention(queries[rows], keys, values, chunk.context_start, scaling, sliding_window,
-                                         partial(meta.prefill_mask, index, sliding_window), meta.prefill_softmax)
+                                         partial(meta.prefill_mask, index, sliding_window), meta.prefill_softmax,
+                                         softcap)
     return output.unsqueeze(0), None
 
 
@@ -100,33 +103,41 @@ def _gather(cache: torch.Tensor, rows: torch.Tensor, into: torch.Tensor, num_seq
     return into.view(num_sequences, num_kv_heads, -1, head_dim)
 
 
-def _decode(layer: int, queries, new_keys, new_values, meta: PagedAttentionMetadata, scaling, sliding_window):
+def _decode(layer: int, queries, new_keys, new_values, meta: PagedAttentionMetadata, scaling, sliding_window,
+            softcap):
     """All single-token sequences at once: `queries` `[decodes, heads, head_dim]` -> same shape."""
     num_decodes, num_heads, head_dim = queries.shape
     num_kv_heads = new_keys.shape[1]
     # The query heads sharing a KV head become that head's query rows: GQA without repeating K/V.
     packed = queries.reshape(num_decodes, num_kv_heads, num_heads // num_kv_heads, head_dim)
-    if meta.decode_kernel is not None:
+    scale = head_dim**-0.5 if scaling is None else scaling
+    if meta.decode_kernel is not None and softcap is None:
         starts, ends = meta.decode_bounds(sliding_window)
-        scale = head_dim**-0.5 if scaling is None else scaling
         output = meta.decode_kernel(packed, meta.kv_cache.keys[layer], meta.kv_cache.values[layer],
                                     meta.decode_block_tables, starts, ends, scale)
         return output.reshape(num_decodes, num_heads, -1)
     keys, values = _decode_context(layer, meta, new_keys, new_values)
     mask = meta.decode_mask(sliding_window, queries.dtype)
-    output = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scaling)
+    if softcap is not None:
+        output = softcapped_attention(packed, keys, values, mask, scale, softcap)
+    else:
+        output = F.scaled_dot_product_attention(packed, keys, values, attn_mask=mask, scale=scaling)
     return output.reshape(num_decodes, num_heads, -1)
 
 
 def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_values):
     """The decodes' keys and values `[decodes, kv_heads, context, head_dim]` for SDPA: the
-    workspace's rows when it holds them, else gathered from the block tables."""
+    workspace's rows when it holds them, else gathered from the block tables (a step planned
+    for the kernel has no gather rows: a soft-capped layer builds them)."""
     if meta.workspace_step is not None:
         return meta.workspace.layer_context(layer, meta.workspace_step, new_keys, new_values)
     key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
-    key_space, value_space = meta.kv_cache.gather_buffers(meta.decode_rows.numel())
-    keys = _gather(key_cache, meta.decode_rows, key_space, meta.num_decodes)
-    values = _gather(value_cache, meta.decode_rows, value_space, meta.num_decodes)
+    rows = meta.decode_rows
+    if rows is None:
+        rows = gather_rows(meta.decode_block_tables, key_cache.shape[1])
+    key_space, value_space = meta.kv_cache.gather_buffers(rows.numel())
+    keys = _gather(key_cache, rows, key_space, meta.num_decodes)
+    values = _gather(value_cache, rows, value_space, meta.num_decodes)
     return keys, values
 
 

@@ -20,6 +20,8 @@ memory kept), 240 calls as for 8 prompts of 256 tokens over 30 layers: 107 -> 66
 tokens 259 -> 187 ms. Its exp is not torch's, so about one probability in 10,000 differs in its last
 bfloat16 bit.
 
+A soft-capped layer (Gemma 2) attends with softcapped_attention.py instead, whatever the dtype.
+
 Tiles bound the float32 scores at `heads x QUERY_TILE x context`. Within a tile only the tile's own
 keys (the last `rows` context positions) can lie after a query, so the mask is one small triangle.
 """
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.engine.cpu_kernels import CausalSoftmax
+from worker.engine.softcapped_attention import softcapped_prefill
 
 QUERY_TILE = 256
 
@@ -46,12 +49,15 @@ def prefill_attention(
     sliding_window: int | None,
     allowed: Callable[[], torch.Tensor],
     softmax: CausalSoftmax | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """`queries` `[q, heads, dim]` at positions `context_start ..`; `keys`/`values`
     `[kv_heads, context_start + q, dim]`; `allowed()` gives the `[q, context]` mask (True where a
-    query may attend; called only when the chunk has a prefix or a window); `softmax` the compiled
-    causal softmax for bfloat16 (None: torch's operations). Returns `[q, heads, dim]`."""
+    query may attend; called only when the chunk has a prefix, a window or a `softcap`); `softmax` the
+    compiled causal softmax for bfloat16 (None: torch's operations). Returns `[q, heads, dim]`."""
     scale = queries.shape[-1] ** -0.5 if scaling is None else scaling
+    if softcap is not None:
+        return softcapped_prefill(queries, keys, values, allowed(), scale, softcap)
     if queries.device.type == "cpu" and queries.dtype == torch.bfloat16 and sliding_window is None:
         return _grouped_matmul_attention(queries, keys, values, context_start, scale, softmax)
     plain_causal = context_start == 0 and sliding_window is None

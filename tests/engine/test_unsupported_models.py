@@ -1,0 +1,57 @@
+"""Models the paged engine cannot run correctly are refused at load time, with the reason.
+
+Without the check, tiny random CodeGen (attention in its own code) loaded, ran and generated text
+different from transformers'."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from worker.engine import create_engine
+from worker.engine_api import UnsupportedModel
+from worker.engine_config import EngineConfig
+
+GPT_SHAPE = dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=512, rotary_dim=8)
+LAYERS = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=512)
+REFUSED = {
+    # model_type, config fields, words the refusal must contain
+    "codegen": (dict(model_type="codegen", **GPT_SHAPE), ["CodeGenForCausalLM", "computes attention itself"]),
+    "gptj": (dict(model_type="gptj", **GPT_SHAPE), ["GPTJForCausalLM", "attention classes of its own"]),
+    "jamba": (dict(model_type="jamba", **LAYERS, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
+                   expert_layer_period=2), ["JambaForCausalLM", "only layers [1] of 2"]),
+    "mamba": (dict(model_type="mamba", vocab_size=512, hidden_size=64, num_hidden_layers=2),
+              ["MambaForCausalLM", "no attention heads"]),
+}
+
+
+def save_random_model(fields: dict, path) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields)).save_pretrained(path)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_the_engine_refuses_the_model_and_says_why(name, tmp_path):
+    fields, words = REFUSED[name]
+    save_random_model(fields, tmp_path)
+    with pytest.raises(UnsupportedModel) as refused:
+        create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
+    for word in words:
+        assert word in str(refused.value)
+
+
+def test_the_worker_exits_with_the_reason_and_no_traceback(tmp_path):
+    save_random_model(REFUSED["codegen"][0], tmp_path)
+    env = {**os.environ, "FERRUM_INFER_METRICS_PORT": "0", "FERRUM_INFER_DTYPE": "float32"}
+    worker = subprocess.run([sys.executable, "-m", "worker", "--model-path", str(tmp_path),
+                             "--scheduler-addr", "127.0.0.1:1"], env=env, capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 1
+    assert f"cannot serve {tmp_path}: CodeGenForCausalLM cannot run on the paged KV cache" in worker.stderr
+    assert "Traceback" not in worker.stderr
