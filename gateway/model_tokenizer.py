@@ -59,7 +59,9 @@ class ModelTokenizer:
             with _LOADING:
                 from transformers import AutoTokenizer  # heavy: see warm_up_backend
 
-                self.tokenizer = AutoTokenizer.from_pretrained(str(workdir))
+                # The bundle carries no code files: a tokenizer class of its own cannot load (and must
+                # not make transformers ask on a terminal whether it may run one).
+                self.tokenizer = AutoTokenizer.from_pretrained(str(workdir), trust_remote_code=False)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         self.model = bundle.model

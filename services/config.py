@@ -114,7 +114,7 @@ class WorkerSettings(_Settings):
     cache_size_mb: int = Field(512, ge=1)
     block_size: int = Field(16, ge=1, le=1024)
     eviction_policy: Literal["lru", "lfu", "fifo"] = "lru"
-    # The AVX-512 decode attention when `make kernels` built it; false forces torch SDPA.
+    # The compiled CPU kernels (AVX-512 or AVX2 set) that `make kernels` built; false: torch's operations.
     cpu_kernels: bool = True
     # CPU linears compute on weights pre-packed once for oneDNN; false: torch's F.linear each call.
     packed_weights: bool = True

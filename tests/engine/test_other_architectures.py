@@ -3,7 +3,8 @@
 Each brings something Llama does not: Mistral a sliding attention window (smaller than the prompts
 here), Qwen3 per-head q/k norms, Phi-3 fused qkv/gate_up projections, Gemma 2 logit soft-capping
 in attention and on the final logits (with alternating windows), Gemma 3 a query scale of its own
-and q/k norms, StableLM decoder layers that do not pass keyword arguments on to attention, GPT-2
+and q/k norms (and, as the multimodal checkpoints are, a language model nested in a vision-language
+one: text prompts only), StableLM decoder layers that do not pass keyword arguments on to attention, GPT-2
 learned positions and Conv1D projections, GPT-NeoX partial rotary and parallel residuals, OPT
 position offsets, Granite embedding/residual/attention/logit multipliers, Mixtral experts, Cohere
 a logit scale. Random weights with a large init range give decisive logits, so greedy comparisons
@@ -31,6 +32,10 @@ CONFIGS = {
                                attn_logit_softcapping=2.0, final_logit_softcapping=3.0, tie_word_embeddings=False),
     "gemma3": dict(model_type="gemma3_text", **SHAPE, head_dim=16, sliding_window=12, query_pre_attn_scalar=7,
                    tie_word_embeddings=False),
+    "gemma3-multimodal": dict(model_type="gemma3", text_config=dict(**SHAPE, head_dim=16, sliding_window=12),
+                              vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                 num_attention_heads=2, image_size=28, patch_size=14),
+                              mm_tokens_per_image=4, tie_word_embeddings=False),
     "stablelm": dict(model_type="stablelm", **SHAPE, qk_layernorm=True, partial_rotary_factor=0.25),
     "gpt2": dict(model_type="gpt2", **GPT2_SHAPE),
     "gpt-neox": dict(model_type="gpt_neox", **{k: v for k, v in SHAPE.items() if k != "num_key_value_heads"}),

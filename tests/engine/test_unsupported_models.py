@@ -5,6 +5,7 @@ different from transformers'."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,13 +29,19 @@ REFUSED = {
                    expert_layer_period=2), ["JambaForCausalLM", "only layers [1] of 2"]),
     "mamba": (dict(model_type="mamba", vocab_size=512, hidden_size=64, num_hidden_layers=2),
               ["MambaForCausalLM", "no attention heads"]),
+    "t5": (dict(model_type="t5", vocab_size=512, d_model=64, d_ff=128, num_layers=1, num_heads=4),
+           ["T5", "'t5'", "not a causal language model"]),
 }
 
 
 def save_random_model(fields: dict, path) -> None:
+    config = AutoConfig.for_model(**fields)
+    if config.model_type == "t5":  # no causal LM class: saving the config is enough
+        config.save_pretrained(path)
+        return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(AutoConfig.for_model(**fields)).save_pretrained(path)
+        AutoModelForCausalLM.from_config(config).save_pretrained(path)
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
@@ -45,6 +52,15 @@ def test_the_engine_refuses_the_model_and_says_why(name, tmp_path):
         create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
     for word in words:
         assert word in str(refused.value)
+
+
+def test_a_checkpoint_that_needs_its_own_code_is_refused_without_running_or_asking(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "made-up", "architectures": ["MadeUpForCausalLM"],
+         "auto_map": {"AutoConfig": "configuration_made_up.MadeUpConfig"}}))
+    (tmp_path / "configuration_made_up.py").write_text("raise SystemExit('the checkpoint code ran')\n")
+    with pytest.raises(UnsupportedModel, match="never a checkpoint's code"):
+        create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
 
 
 def test_the_worker_exits_with_the_reason_and_no_traceback(tmp_path):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
+from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ def _name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def resolve_dtype(model_dir: str, requested: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(model_dir: str, model_config: PretrainedConfig, requested: str, device: torch.device) -> torch.dtype:
     """choose_dtype with this machine's facts read, and the choice logged."""
-    declared = getattr(AutoConfig.from_pretrained(model_dir), "dtype", None)
+    declared = getattr(model_config, "dtype", None)
     if isinstance(declared, str):
         declared = getattr(torch, declared, None)
     native = widened_fits = None

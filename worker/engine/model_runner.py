@@ -6,10 +6,9 @@ import inspect
 import logging
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
 from worker.engine.allocator import keep_freed_memory
-from worker.engine.attention_check import attention_not_paged, check_paged_attention
+from worker.engine.attention_check import check_paged_attention
 from worker.engine.attention_metadata import running_step
 from worker.engine.compute_dtype import resolve_dtype
 from worker.engine.cpu_kernels import (causal_softmax_kernel, decode_attention_kernel, decode_layer_class,
@@ -20,6 +19,7 @@ from worker.engine.decode_workspace import DecodeWorkspace
 from worker.engine.direct_layer import call_layers_directly, has_hooks
 from worker.engine.fused_layers import fuse_layers
 from worker.engine.fused_projections import share_projection_matmuls
+from worker.engine.model_loading import load_config, load_model
 from worker.engine.kv_cache import KVCache, KVShape, blocks_for_budget, text_config_of
 from worker.engine.packed_weights import can_pack, pack_linears
 from worker.engine.paged_attention import ATTENTION_NAME
@@ -38,8 +38,9 @@ class ModelRunner:
         self.device = torch.device(config.device)
         if self.device.type == "cpu":
             keep_freed_memory()  # activations live in host memory: reuse them, don't page-fault them
-        self.dtype = resolve_dtype(model_dir, config.dtype, self.device)
-        self.model = _load_model(model_dir, self.dtype).to(self.device)
+        model_config = load_config(model_dir)
+        self.dtype = resolve_dtype(model_dir, model_config, config.dtype, self.device)
+        self.model = load_model(model_dir, model_config, self.dtype).to(self.device)
         self.model.eval()
         self.fused_modules = self.shared_matmuls = self.packed_linears = self.rotary_modules = 0
         self.direct_layers = self.compiled_layers = 0
@@ -111,17 +112,6 @@ class ModelRunner:
         if not self._keeps_logits:
             logits = logits.index_select(0, inputs.logits_indices)
         return logits
-
-
-def _load_model(model_dir: str, dtype: torch.dtype) -> torch.nn.Module:
-    try:
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=ATTENTION_NAME)
-    except KeyError as error:  # GPT-J, Falcon: attention classes looked up by implementation name
-        if error.args != (ATTENTION_NAME,):
-            raise
-        architecture = ", ".join(AutoConfig.from_pretrained(model_dir).architectures or ["the model"])
-        raise attention_not_paged(architecture, "its modeling code picks attention classes of its own by name "
-                                                f"and has none named {ATTENTION_NAME!r}") from error
 
 
 def _forward_parameters(model: torch.nn.Module) -> set[str]:
