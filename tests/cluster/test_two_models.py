@@ -1,9 +1,10 @@
-"""Models whose tokenizers are not `tokenizer.json`: served text equals transformers' own.
+"""Two workers serving two models whose tokenizers are not `tokenizer.json`: both are listed, each
+gets only its own traffic, and the served text equals transformers' own.
 
-Two tiny random models, each built here with a tokenizer of another kind: a Llama with only a
-SentencePiece `tokenizer.model` (Llama 2 and Mistral era checkpoints; transformers needs the
+The models are tiny random ones, each built here with a tokenizer of another kind: a Llama with only
+a SentencePiece `tokenizer.model` (Llama 2 and Mistral era checkpoints; transformers needs the
 sentencepiece package to read it) and a chat template, and a GPT-2 with only GPT-2's `vocab.json`
-and `merges.txt` and no chat template. Both workers serve in one cluster.
+and `merges.txt` and no chat template.
 
 The SentencePiece model has no byte fallback: a random model's byte tokens often form invalid UTF-8,
 and transformers decodes a run of byte tokens as one, so a later byte can turn an earlier valid one
@@ -24,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, LlamaC
 
 from services.local_cluster import LocalCluster, WorkerSpec
 from tests.conftest import WORKER_ENV
+from tests.e2e.conftest import scrape
 
 pytestmark = pytest.mark.cluster
 
@@ -86,10 +88,30 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def client(models):
+def cluster(models):
     specs = [WorkerSpec(path, name, WORKER_ENV) for name, path in models.items()]
-    with LocalCluster(specs, redis=False) as cluster:
-        yield openai.OpenAI(base_url=cluster.base_url, api_key="x", max_retries=0, timeout=60)
+    with LocalCluster(specs, redis=False) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    return openai.OpenAI(base_url=cluster.base_url, api_key="x", max_retries=0, timeout=60)
+
+
+def requests_served(cluster) -> list[float]:
+    return [sum(value for key, value in scrape(cluster.metrics_url(worker)).items()
+                if key.startswith("ferrum_infer_worker_requests_total")) for worker in cluster.workers]
+
+
+def test_each_model_is_listed_and_served_by_its_own_worker(cluster, client):
+    assert sorted(model.id for model in client.models.list().data) == ["gpt2-bpe", "sp-llama"]
+    before = requests_served(cluster)
+    for _ in range(2):
+        client.completions.create(model="sp-llama", prompt="Hello", max_tokens=2)
+    client.completions.create(model="gpt2-bpe", prompt="Hello", max_tokens=2)
+    after = requests_served(cluster)
+    assert [a - b for a, b in zip(after, before)] == [2, 1]  # workers in the order of `models`
 
 
 def reference(model_dir: str, prompt_ids: list[int], max_new_tokens: int) -> str:
