@@ -28,7 +28,8 @@ from worker.engine_api import UnsupportedModel
 from worker.engine_config import EngineConfig
 from worker.engine_loop import EngineLoop, load_engine
 from worker.index_publisher import IndexPublisher
-from worker.model_source import eos_token_ids, model_context_length, resolve_model_dir, tokenizer_bundle
+from worker.model_source import (check_tokenizer_loads, eos_token_ids, model_context_length, resolve_model_dir,
+                                 tokenizer_bundle)
 from worker.session import WorkerSession
 
 log = logging.getLogger("worker")
@@ -75,6 +76,7 @@ async def serve(settings: WorkerSettings) -> None:
     max_len = model_context_length(model_dir)
     if settings.max_sequence_length:
         max_len = min(max_len, settings.max_sequence_length)
+    check_tokenizer_loads(tokenizer_bundle(model_dir, name, max_len))  # before minutes of loading
     started = time.monotonic()
     config = engine_config(settings, max_len)
     try:

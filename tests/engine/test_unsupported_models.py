@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -63,8 +64,10 @@ def test_a_checkpoint_that_needs_its_own_code_is_refused_without_running_or_aski
         create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
 
 
-def test_the_worker_exits_with_the_reason_and_no_traceback(tmp_path):
+def test_the_worker_exits_with_the_reason_and_no_traceback(tmp_path, tiny_llama_dir):
     save_random_model(REFUSED["codegen"][0], tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # a tokenizer that loads: the model is refused
+        shutil.copy(tiny_llama_dir / name, tmp_path / name)
     env = {**os.environ, "FERRUM_INFER_METRICS_PORT": "0", "FERRUM_INFER_DTYPE": "float32"}
     worker = subprocess.run([sys.executable, "-m", "worker", "--model-path", str(tmp_path),
                              "--scheduler-addr", "127.0.0.1:1"], env=env, capture_output=True, text=True, timeout=120)
