@@ -3,11 +3,11 @@
 Each brings something Llama does not: Mistral a sliding attention window (smaller than the prompts
 here), Qwen3 per-head q/k norms, Phi-3 fused qkv/gate_up projections, Gemma 2 logit soft-capping
 in attention and on the final logits (with alternating windows), Gemma 3 a query scale of its own
-and q/k norms (and, as the multimodal checkpoints are, a language model nested in a vision-language
-one: text prompts only), StableLM decoder layers that do not pass keyword arguments on to attention, GPT-2
-learned positions and Conv1D projections, GPT-NeoX partial rotary and parallel residuals, OPT
-position offsets, Granite embedding/residual/attention/logit multipliers, Mixtral experts, Cohere
-a logit scale. Random weights with a large init range give decisive logits, so greedy comparisons
+and q/k norms (and, as its multimodal checkpoints are, a language model nested in a
+vision-language one: text prompts only), StableLM decoder layers that do not pass keyword
+arguments on to attention, GPT-2 learned positions and Conv1D projections, GPT-NeoX partial rotary
+and parallel residuals, OPT position offsets, Granite embedding/residual/attention/logit
+multipliers, Mixtral experts, Cohere a logit scale. Random weights with a large init range give decisive logits, so greedy comparisons
 stay meaningful.
 """
 

@@ -1,7 +1,8 @@
 """Models the paged engine cannot run correctly are refused at load time, with the reason.
 
-Without the check, tiny random CodeGen (attention in its own code) loaded, ran and generated text
-different from transformers'."""
+Without the checks, tiny random CodeGen (attention in its own code), Falcon-H1 (Mamba mixers beside
+attention in every layer) and Llama 4 (chunked attention) loaded, ran and generated text different
+from transformers'."""
 
 from __future__ import annotations
 
@@ -27,7 +28,12 @@ REFUSED = {
     "codegen": (dict(model_type="codegen", **GPT_SHAPE), ["CodeGenForCausalLM", "computes attention itself"]),
     "gptj": (dict(model_type="gptj", **GPT_SHAPE), ["GPTJForCausalLM", "attention classes of its own"]),
     "jamba": (dict(model_type="jamba", **LAYERS, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
-                   expert_layer_period=2), ["JambaForCausalLM", "only layers [1] of 2"]),
+                   expert_layer_period=2), ["JambaForCausalLM", "outside attention (JambaMambaDecoderLayer"]),
+    "falcon-h1": (dict(model_type="falcon_h1", **LAYERS, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                       mamba_n_groups=1, mamba_d_state=8), ["FalconH1ForCausalLM", "outside attention (FalconH1Mixer)"]),
+    "llama4": (dict(model_type="llama4_text", **LAYERS, head_dim=16, num_local_experts=2, num_experts_per_tok=1,
+                    intermediate_size_mlp=128, attention_chunk_size=8, no_rope_layers=[1, 0]),
+               ["Llama4ForCausalLM", "chunked attention"]),
     "mamba": (dict(model_type="mamba", vocab_size=512, hidden_size=64, num_hidden_layers=2),
               ["MambaForCausalLM", "no attention heads"]),
     "t5": (dict(model_type="t5", vocab_size=512, d_model=64, d_ff=128, num_layers=1, num_heads=4),
@@ -53,6 +59,22 @@ def test_the_engine_refuses_the_model_and_says_why(name, tmp_path):
         create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
     for word in words:
         assert word in str(refused.value)
+
+
+def test_a_layer_that_skips_the_attention_interface_is_named(tmp_path):
+    """A model whose attention goes through the interface in some layers only (a hybrid of a kind the
+    other checks do not know) is refused with the layers that did."""
+    from worker.engine.attention_check import check_paged_attention
+    from worker.engine.decode_workspace import DecodeWorkspace
+    from worker.engine.kv_cache import KVCache, KVShape
+    from worker.engine.paged_attention import ATTENTION_NAME
+
+    save_random_model(dict(model_type="llama", **LAYERS), tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=ATTENTION_NAME)
+    model.model.layers[1].self_attn.forward = lambda hidden_states, **_: (torch.zeros_like(hidden_states), None)
+    cache = KVCache(KVShape.of(model.config), 4, 4, torch.float32, torch.device("cpu"))
+    with pytest.raises(UnsupportedModel, match=r"only layers \[0\] of 2 called the attention interface"):
+        check_paged_attention(model, cache, DecodeWorkspace(cache, max_bytes=cache.num_bytes))
 
 
 def test_a_checkpoint_that_needs_its_own_code_is_refused_without_running_or_asking(tmp_path):
