@@ -7,8 +7,8 @@ and q/k norms (and, as its multimodal checkpoints are, a language model nested i
 vision-language one: text prompts only), StableLM decoder layers that do not pass keyword
 arguments on to attention, GPT-2 learned positions and Conv1D projections, GPT-NeoX partial rotary
 and parallel residuals, OPT position offsets, Granite embedding/residual/attention/logit
-multipliers, Mixtral experts, Cohere a logit scale. Random weights with a large init range give decisive logits, so greedy comparisons
-stay meaningful.
+multipliers, Mixtral experts, Cohere a logit scale. Random weights with a large init range give
+decisive logits, so greedy comparisons stay meaningful.
 """
 
 from __future__ import annotations

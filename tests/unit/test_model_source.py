@@ -22,7 +22,8 @@ def test_a_tokenizer_that_needs_code_of_its_own_is_refused_without_running_it(ti
     for name in ("config.json", "tokenizer.json"):
         shutil.copy(tiny_llama_dir / name, tmp_path / name)
     code = {"AutoTokenizer": ["tokenization_made_up.MadeUpTokenizer", None]}
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "MadeUpTokenizer", "auto_map": code}))
+    config = {"tokenizer_class": "MadeUpTokenizer", "auto_map": code}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="the tokenizer of m does not load from its files .*: it needs tokenizer "
                                          "code of its own"):
         check_tokenizer_loads(bundle_of(tmp_path))

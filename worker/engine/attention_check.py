@@ -46,8 +46,8 @@ def check_paged_attention(model: torch.nn.Module, kv_cache: KVCache, workspace: 
     mixers = sorted({type(module).__name__ for module in model.modules()
                      if RECURRENT_MIXER.search(type(module).__name__)})
     if mixers:
-        raise attention_not_paged(name, f"it carries state from token to token outside attention ({', '.join(mixers)}), "
-                                        "which the paged KV cache does not hold")
+        raise attention_not_paged(name, "it carries state from token to token outside attention "
+                                        f"({', '.join(mixers)}), which the paged KV cache does not hold")
     if "chunked_attention" in (getattr(model.config.get_text_config(), "layer_types", None) or []):
         raise attention_not_paged(name, "its layers attend within fixed chunks of positions (chunked attention), "
                                         "which the paged attention does not implement")
