@@ -14,8 +14,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,29 @@ from services.types import ClusterStatus
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+_HANDED_OUT: set[int] = set()
+_HANDING_OUT = threading.Lock()
+
+
 def free_port() -> int:
+    """A port free now that this process has not handed out before.
+
+    The ports are bound later, by the processes they are given to, and the kernel may offer a port
+    it just released again: a cluster's gateway and its worker's metrics server once got the same
+    one, and the worker died with "address already in use"."""
+    return port_not_handed_out(_port_free_now, _HANDED_OUT)
+
+
+def port_not_handed_out(offer: Callable[[], int], handed_out: set[int]) -> int:
+    """The first port `offer()` gives that is not in `handed_out`, which then holds it."""
+    with _HANDING_OUT:
+        while (port := offer()) in handed_out:
+            pass
+        handed_out.add(port)
+        return port
+
+
+def _port_free_now() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
