@@ -42,7 +42,11 @@ def test_killed_worker_streams_continue_on_another_worker(two_worker_cluster):
     started.wait(timeout=60)
     requeued_key = f"ferrum_infer_requeued_requests_total{{model={MODEL}}}"
     requeued_before = scrape(cluster.metrics_url(cluster.scheduler)).get(requeued_key, 0)
-    busiest = max(cluster.status().workers, key=lambda w: w.stats.running)
+    # Stats arrive every 0.25 s: a view from before the streams began shows every worker idle, and
+    # the one killed then may hold none of them (the prompts were cached, so all may run on one).
+    busiest = wait_until(lambda: max((w for w in cluster.status().workers if w.stats.running),
+                                     key=lambda w: w.stats.running, default=None),
+                         what="a worker to report the streams running")
     cluster.kill_worker(int(busiest.worker_id.removeprefix("worker-")))  # LocalCluster names them so
     for t in threads:
         t.join(timeout=180)
