@@ -24,7 +24,7 @@ GPT_SHAPE = dict(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=512
 LAYERS = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=512)
 REFUSED = {
-    # model_type, config fields, words the refusal must contain
+    # name: (config fields, model_type included; words the refusal must contain)
     "codegen": (dict(model_type="codegen", **GPT_SHAPE), ["CodeGenForCausalLM", "computes attention itself"]),
     "gptj": (dict(model_type="gptj", **GPT_SHAPE), ["GPTJForCausalLM", "attention classes of its own"]),
     "jamba": (dict(model_type="jamba", **LAYERS, num_experts=2, attn_layer_period=2, attn_layer_offset=1,
@@ -78,13 +78,14 @@ def test_a_layer_that_skips_the_attention_interface_is_named(tmp_path):
         check_paged_attention(model, cache, DecodeWorkspace(cache, max_bytes=cache.num_bytes))
 
 
-def test_a_checkpoint_that_needs_its_own_code_is_refused_without_running_or_asking(tmp_path):
+def test_a_checkpoint_that_needs_its_own_code_is_refused_without_running_or_asking(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(
         {"model_type": "made-up", "architectures": ["MadeUpForCausalLM"],
          "auto_map": {"AutoConfig": "configuration_made_up.MadeUpConfig"}}))
     (tmp_path / "configuration_made_up.py").write_text("raise SystemExit('the checkpoint code ran')\n")
     with pytest.raises(UnsupportedModel, match="never a checkpoint's code"):
         create_engine(str(tmp_path), EngineConfig(dtype="float32"), eos_token_ids=[], num_blocks=16)
+    assert "Do you wish to run the custom code?" not in capsys.readouterr().out  # transformers' prompt
 
 
 def test_the_worker_exits_with_the_reason_and_no_traceback(tmp_path, tiny_llama_dir):

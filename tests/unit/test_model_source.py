@@ -18,7 +18,7 @@ def test_the_demo_tokenizer_loads(tiny_llama_dir):
     check_tokenizer_loads(bundle_of(tiny_llama_dir))
 
 
-def test_a_tokenizer_that_needs_code_of_its_own_is_refused_without_running_it(tiny_llama_dir, tmp_path):
+def test_a_tokenizer_that_needs_code_of_its_own_is_refused_without_running_it(tiny_llama_dir, tmp_path, capsys):
     for name in ("config.json", "tokenizer.json"):
         shutil.copy(tiny_llama_dir / name, tmp_path / name)
     code = {"AutoTokenizer": ["tokenization_made_up.MadeUpTokenizer", None]}
@@ -27,6 +27,7 @@ def test_a_tokenizer_that_needs_code_of_its_own_is_refused_without_running_it(ti
     with pytest.raises(SystemExit, match="the tokenizer of m does not load from its files .*: it needs tokenizer "
                                          "code of its own"):
         check_tokenizer_loads(bundle_of(tmp_path))
+    assert "Do you wish to run the custom code?" not in capsys.readouterr().out  # transformers' prompt
 
 
 def test_a_corrupt_sentencepiece_file_is_refused(tiny_llama_dir, tmp_path):
