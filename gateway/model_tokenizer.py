@@ -7,17 +7,13 @@ except the few-token decodes of a streamed increment (see generation.INLINE_DECO
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import threading
 from pathlib import Path
 
 from gateway.token_text import TokenTexts
+from services.bundle_tokenizer import load_bundle_tokenizer
 from services.types import TokenizerBundle
-
-
-def _safe_file_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and Path(name).name == name and "\\" not in name
 
 
 # transformers' lazy module is not thread-safe while it imports: a load in a second thread meanwhile
@@ -49,21 +45,8 @@ class ModelTokenizer:
     """Tokenizer, chat template and limits of one (model, revision)."""
 
     def __init__(self, bundle: TokenizerBundle):
-        unsafe = [n for n in bundle.files if not _safe_file_name(n)]
-        if unsafe:
-            raise ValueError(f"tokenizer bundle of {bundle.model!r} has unsafe file names: {unsafe}")
-        workdir = Path(tempfile.mkdtemp(prefix="ferrum-tokenizer-"))
-        try:
-            for name, data in bundle.files.items():
-                (workdir / name).write_bytes(data)
-            with _LOADING:
-                from transformers import AutoTokenizer  # heavy: see warm_up_backend
-
-                # The bundle carries no code files: a tokenizer class of its own cannot load (and must
-                # not make transformers ask on a terminal whether it may run one).
-                self.tokenizer = AutoTokenizer.from_pretrained(str(workdir), trust_remote_code=False)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        with _LOADING:
+            self.tokenizer = load_bundle_tokenizer(bundle)
         self.model = bundle.model
         self.revision = bundle.revision
         self.max_model_len = bundle.max_model_len

@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 
+from services.bundle_tokenizer import load_bundle_tokenizer
 from services.types import TokenizerBundle
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,12 @@ def tokenizer_bundle(model_dir: Path, model_name: str, max_model_len: int) -> To
 def check_tokenizer_loads(bundle: TokenizerBundle) -> None:
     """Exit with the reason unless transformers loads a tokenizer from the bundle's files alone, as
     every gateway will: otherwise the worker would register and each request would get a 503."""
-    from transformers import AutoTokenizer
-
-    with tempfile.TemporaryDirectory(prefix="ferrum-tokenizer-check-") as workdir:
-        for name, data in bundle.files.items():
-            Path(workdir, name).write_bytes(data)
-        try:
-            AutoTokenizer.from_pretrained(workdir, trust_remote_code=False)
-        except Exception as error:  # transformers raises many kinds here; each one is a refusal
-            reason = f"{type(error).__name__}: {' '.join(str(error).replace(workdir, '<tokenizer files>').split())}"
-            if "trust_remote_code" in str(error):
-                reason = ("it needs tokenizer code of its own (tokenizer_config.json's auto_map), and the worker "
-                          "never runs a checkpoint's code")
-            raise SystemExit(f"the tokenizer of {bundle.model} does not load from its files "
-                             f"({', '.join(sorted(bundle.files))}): {reason}") from None
+    try:
+        load_bundle_tokenizer(bundle)
+    except Exception as error:  # transformers raises many kinds here; each one is a refusal
+        reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if "trust_remote_code" in str(error):
+            reason = ("it needs tokenizer code of its own (tokenizer_config.json's auto_map), and the worker "
+                      "never runs a checkpoint's code")
+        raise SystemExit(f"the tokenizer of {bundle.model} does not load from its files "
+                         f"({', '.join(sorted(bundle.files))}): {reason}") from None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-
-from services.local_cluster import free_port, port_not_handed_out
+from services.local_cluster import port_not_handed_out
 
 
 def test_a_port_offered_again_is_skipped():
@@ -14,9 +12,3 @@ def test_a_port_offered_again_is_skipped():
     second = port_not_handed_out(lambda: next(offers), handed_out)
     assert (first, second, handed_out) == (40001, 40002, {40001, 40002})
 
-
-def test_free_ports_are_distinct_and_bindable():
-    ports = [free_port() for _ in range(50)]
-    assert len(set(ports)) == 50
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", ports[-1]))

@@ -84,6 +84,13 @@ class PagedAttentionMetadata:
             self._masks[key] = (starts, ends)
         return self._masks[key]
 
+    def decode_gather_rows(self, num_kv_heads: int) -> torch.Tensor:
+        """The decodes' gather rows: `decode_rows`, or for a step planned for the kernel (which has
+        none) built from the block tables once, for every soft-capped layer."""
+        if self.decode_rows is None:
+            self.decode_rows = gather_rows(self.decode_block_tables, num_kv_heads)
+        return self.decode_rows
+
     def prefill_mask(self, index: int, sliding_window: int | None) -> torch.Tensor:
         """`[chunk_len, context_len]`, True where a chunk token may attend (causal, offset by the prefix)."""
         key = ("prefill", index, sliding_window)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from worker.engine.attention_metadata import PagedAttentionMetadata, current_step, gather_rows
+from worker.engine.attention_metadata import PagedAttentionMetadata, current_step
 from worker.engine.prefill_attention import prefill_attention
 from worker.engine.softcapped_attention import softcapped_attention
 
@@ -127,14 +127,11 @@ def _decode(layer: int, queries, new_keys, new_values, meta: PagedAttentionMetad
 
 def _decode_context(layer: int, meta: PagedAttentionMetadata, new_keys, new_values):
     """The decodes' keys and values `[decodes, kv_heads, context, head_dim]` for SDPA: the
-    workspace's rows when it holds them, else gathered from the block tables (a step planned
-    for the kernel has no gather rows: a soft-capped layer builds them)."""
+    workspace's rows when it holds them, else gathered from the block tables."""
     if meta.workspace_step is not None:
         return meta.workspace.layer_context(layer, meta.workspace_step, new_keys, new_values)
     key_cache, value_cache = meta.kv_cache.keys[layer], meta.kv_cache.values[layer]
-    rows = meta.decode_rows
-    if rows is None:
-        rows = gather_rows(meta.decode_block_tables, key_cache.shape[1])
+    rows = meta.decode_gather_rows(key_cache.shape[1])
     key_space, value_space = meta.kv_cache.gather_buffers(rows.numel())
     keys = _gather(key_cache, rows, key_space, meta.num_decodes)
     values = _gather(value_cache, rows, value_space, meta.num_decodes)
