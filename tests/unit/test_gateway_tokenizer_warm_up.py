@@ -33,12 +33,14 @@ def _first_loads(model_dir, modes: list[str]) -> list[dict]:
     """One fresh interpreter per mode, all at once (each spends seconds importing torch on one core)."""
     processes = [subprocess.Popen([sys.executable, "-c", _FIRST_LOAD, str(model_dir), mode], cwd=REPO_ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for mode in modes]
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=120)
+    try:
+        outputs = [process.communicate(timeout=120) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()  # none left running when one timed out
+    for process, (_, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
-        results.append(json.loads(stdout.splitlines()[-1]))
-    return results
+    return [json.loads(stdout.splitlines()[-1]) for stdout, _ in outputs]
 
 
 def test_after_the_warm_up_a_first_tokenizer_load_imports_almost_nothing(tiny_llama_dir):

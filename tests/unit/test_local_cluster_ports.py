@@ -11,4 +11,3 @@ def test_a_port_offered_again_is_skipped():
     first = port_not_handed_out(lambda: next(offers), handed_out)
     second = port_not_handed_out(lambda: next(offers), handed_out)
     assert (first, second, handed_out) == (40001, 40002, {40001, 40002})
-
