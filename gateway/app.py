@@ -31,6 +31,7 @@ def create_app(settings: GatewaySettings, client: SchedulerApi) -> web.Applicati
     app.cleanup_ctx.append(preload_tokenizers)
     app.router.add_post("/v1/chat/completions", endpoints.chat_completions)
     app.router.add_post("/v1/completions", endpoints.completions)
+    app.router.add_post("/v1/responses", endpoints.responses)
     app.router.add_get("/v1/models", info_handlers.list_models)
     app.router.add_get("/v1/models/{model}", info_handlers.retrieve_model)
     app.router.add_get("/health", info_handlers.health)

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions and /v1/completions: parse -> tokenize -> plan -> serve.
+"""POST /v1/chat/completions, /v1/completions and /v1/responses: parse -> tokenize -> plan -> serve.
 
 Each request runs inside one OpenTelemetry span whose context travels with every upstream
 GenerateRequest, so the scheduler's and worker's spans join the same trace.
@@ -14,6 +14,8 @@ from gateway.planning import GenerationPlan, plan_generation
 from gateway.prompts import chat_prompt_ids, completion_prompt_ids
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
 from gateway.responses import ChatShaper, CompletionShaper, ResponseShaper
+from gateway.responses_request import ResponsesRequest
+from gateway.responses_shaper import ResponsesShaper
 from gateway.serving import serve_plan
 from services import tracing
 
@@ -54,7 +56,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         req = parse_request(body, ChatCompletionRequest)
         tokenizer = await ctx.tokenizers.get(req.model)
         request[MODEL_LABEL] = req.model
-        prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req)
+        prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req.model, req.messages)
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         plan = plan_generation(req, [prompt], tokenizer, "chatcmpl", "messages", max_param)
         shaper = ChatShaper(plan.request_id, plan.created, req.model, with_logprobs=req.logprobs_k() >= 0,
@@ -72,4 +74,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
         plan = plan_generation(req, prompts, tokenizer, "cmpl", "prompt", "max_tokens")
         shaper = CompletionShaper(plan.request_id, plan.created, req.model,
                                   with_logprobs=req.logprobs_k() >= 0, include_usage=req.include_usage)
+        return await _serve(request, ctx, plan, shaper, bool(req.stream), span)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    with _tracer.start_as_current_span("gateway.responses") as span:
+        ctx, body = await _body(request)
+        req = parse_request(body, ResponsesRequest)
+        tokenizer = await ctx.tokenizers.get(req.model)
+        request[MODEL_LABEL] = req.model
+        prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req.model, req.conversation(), "input")
+        max_param = "max_output_tokens" if req.max_output_tokens is not None else "max_tokens"
+        plan = plan_generation(req, [prompt], tokenizer, "resp", "input", max_param)
+        shaper = ResponsesShaper(plan.request_id, plan.created, req.model, with_logprobs=req.logprobs_k() >= 0,
+                                 settings=req.echoed_settings())
         return await _serve(request, ctx, plan, shaper, bool(req.stream), span)

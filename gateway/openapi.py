@@ -12,8 +12,9 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.openapi_schemas import RESPONSE_SCHEMAS, ref, sse_event
+from gateway.openapi_schemas import RESPONSE_SCHEMAS, named_sse_event, ref, sse_event
 from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.responses_request import ResponsesRequest
 
 _REF = "#/components/schemas/{model}"
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
@@ -36,7 +37,8 @@ def _text(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
 
 
-def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
+def _generation(summary: str, request: str, response: str,
+                stream_event: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"post": {
         "summary": summary,
         "security": _OPEN,
@@ -44,7 +46,7 @@ def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
         "responses": {
             "200": {"description": "A completion, or an SSE stream of chunks when stream is true",
                     "content": {"application/json": {"schema": ref(response)},
-                                "text/event-stream": {"schema": sse_event(f"{response}Chunk")}}},
+                                "text/event-stream": {"schema": stream_event or sse_event(f"{response}Chunk")}}},
             **_errors(400, 401, 404, 413, 429, 500, 502, 503, 504),
         },
     }}
@@ -53,19 +55,22 @@ def _generation(summary: str, request: str, response: str) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation")],
+        [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"), (ResponsesRequest, "validation")],
         ref_template=_REF)
     components = {**schemas.get("$defs", {}), **RESPONSE_SCHEMAS}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Ferrum Infer gateway", "version": "1",
-                 "description": "OpenAI-compatible chat and text completions served by a Ferrum Infer cluster."},
+                 "description": "OpenAI-compatible chat and text completions and responses served by a "
+                                "Ferrum Infer cluster."},
         "components": {"schemas": components,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
             "/v1/chat/completions": _generation("Create a chat completion", "ChatCompletionRequest",
                                                 "ChatCompletion"),
             "/v1/completions": _generation("Create a text completion", "CompletionRequest", "Completion"),
+            "/v1/responses": _generation("Create a response (the Responses API, text only)", "ResponsesRequest",
+                                         "Response", named_sse_event("ResponseStreamEvent")),
             "/v1/models": {"get": {"summary": "List served models", "security": _OPEN,
                                    "responses": {"200": _json("Model list", "ModelList"), **_errors(401, 503)}}},
             "/v1/models/{model}": {"get": {

@@ -36,6 +36,8 @@ def _envelope(obj: str, choice: dict[str, Any], *, chunk: bool) -> dict[str, Any
 _USAGE = _object({"prompt_tokens": _INT, "completion_tokens": _INT, "total_tokens": _INT},
                  {"prompt_tokens_details": _object({"cached_tokens": _INT})})
 _CHUNK_FINISH = {"enum": ["stop", "length", None]}
+RESPONSE_EVENTS = ("created", "in_progress", "output_item.added", "content_part.added", "output_text.delta",
+                   "output_text.done", "content_part.done", "output_item.done", "completed", "incomplete", "failed")
 
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "ErrorResponse": _object({"error": _object({"message": _STRING, "type": _STRING,
@@ -57,6 +59,30 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         "text_completion",
         _object({"index": _INT, "text": _STRING, "finish_reason": _CHUNK_FINISH, "logprobs": _LOGPROBS}),
         chunk=True),
+    "Response": _object(
+        {"id": _STRING, "object": {"const": "response"}, "created_at": _INT, "model": _STRING,
+         "status": {"enum": ["completed", "incomplete"]},
+         "output": {"type": "array", "minItems": 1, "maxItems": 1, "items": ref("ResponseOutputMessage")},
+         "usage": ref("ResponseUsage"),
+         "incomplete_details": {"anyOf": [_object({"reason": {"const": "max_output_tokens"}}), {"type": "null"}]},
+         "error": {"type": "null"}},
+        {"completed_at": {"type": ["integer", "null"]}, "instructions": _NULLABLE_STRING,
+         "max_output_tokens": {"type": ["integer", "null"]}, "temperature": {"type": "number"},
+         "top_p": {"type": "number"}, "store": {"const": False}}),
+    "ResponseOutputMessage": _object(
+        {"id": _STRING, "type": {"const": "message"}, "role": {"const": "assistant"},
+         "status": {"enum": ["in_progress", "completed", "incomplete"]},
+         "content": {"type": "array", "items": _object(
+             {"type": {"const": "output_text"}, "text": _STRING, "annotations": {"type": "array", "maxItems": 0},
+              "logprobs": {"type": "array"}})}}),
+    "ResponseUsage": _object({"input_tokens": _INT, "output_tokens": _INT, "total_tokens": _INT,
+                              "input_tokens_details": _object({"cached_tokens": _INT}),
+                              "output_tokens_details": _object({"reasoning_tokens": _INT})}),
+    "ResponseStreamEvent": _object(
+        {"type": {"enum": [f"response.{name}" for name in RESPONSE_EVENTS]}, "sequence_number": _INT},
+        {"response": {"type": "object"}, "item": ref("ResponseOutputMessage"), "item_id": _STRING,
+         "output_index": _INT, "content_index": _INT, "delta": _STRING, "text": _STRING,
+         "logprobs": {"type": "array"}, "part": {"type": "object"}}),
     "Model": _object({"id": _STRING, "object": {"const": "model"}, "created": _INT, "owned_by": _STRING},
                      {"max_model_len": _INT}),
     "ModelList": _object({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}),
@@ -72,3 +98,9 @@ def sse_event(chunk: str) -> dict[str, Any]:
     payload = {"type": "string", "contentMediaType": "application/json",
                "contentSchema": {"anyOf": [ref(chunk), ref("ErrorResponse")]}}
     return _object({"data": {"anyOf": [{"const": "[DONE]"}, payload]}})
+
+
+def named_sse_event(payload_schema: str) -> dict[str, Any]:
+    """One event of a Responses API stream: its `event` name is the payload's `type`; no `[DONE]`."""
+    return _object({"event": _STRING, "data": {"type": "string", "contentMediaType": "application/json",
+                                               "contentSchema": ref(payload_schema)}})

@@ -7,24 +7,25 @@ import logging
 
 from gateway.errors import invalid_request
 from gateway.model_tokenizer import ModelTokenizer
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import ChatMessage, CompletionRequest
 
 log = logging.getLogger(__name__)
 
 
-def chat_prompt_ids(tokenizer: ModelTokenizer, req: ChatCompletionRequest) -> list[int]:
+def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMessage],
+                    param: str = "messages") -> list[int]:
+    """The prompt of a conversation through the model's chat template; `param` names the request
+    field the conversation came from, for errors."""
     if not tokenizer.has_chat_template:
-        raise invalid_request(f"model `{req.model}` has no chat template; use /v1/completions",
-                              param="messages")
+        raise invalid_request(f"model `{model}` has no chat template; use /v1/completions", param=param)
     try:
-        text = tokenizer.render_chat([m.for_template() for m in req.messages])
+        text = tokenizer.render_chat([m.for_template() for m in messages])
     except Exception as e:  # the template is the model's code; whatever it rejects is the input's shape
         log.info("chat template rejected a conversation: %s", e)
-        raise invalid_request(f"messages: the model's chat template rejected them: {e}",
-                              param="messages") from None
+        raise invalid_request(f"{param}: the model's chat template rejected them: {e}", param=param) from None
     ids = tokenizer.encode(text, add_special_tokens=False)
     if not ids:
-        raise invalid_request("messages: the conversation renders to an empty prompt", param="messages")
+        raise invalid_request(f"{param}: the conversation renders to an empty prompt", param=param)
     return ids
 
 

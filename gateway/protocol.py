@@ -48,11 +48,11 @@ LogitBias = Annotated[
 ]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 
-class StreamOptions(_Strict):
+class StreamOptions(StrictModel):
     include_usage: bool | None = None
 
 
@@ -79,21 +79,21 @@ _STOP_SCHEMA = {"anyOf": [
 ]}
 
 
-def _only_with(field: str, other: str) -> dict[str, Any]:
+def only_with(field: str, other: str) -> dict[str, Any]:
     """JSON Schema for "`field` is absent or null unless `other` is true": a cross-field rule of
     `check()` stated in /openapi.json, so that clients (and the fuzzer) see it."""
     return {"anyOf": [{"properties": {field: {"type": "null"}}},
                       {"required": [other], "properties": {other: {"const": True}}}]}
 
 
-_STREAM_OPTIONS_RULE = _only_with("stream_options", "stream")
+STREAM_OPTIONS_RULE = only_with("stream_options", "stream")
 
 
-class SamplingFields(_Strict):
+class SamplingFields(StrictModel):
     """Fields shared by chat and text completions (OpenAI's plus vLLM's extras).
     A subclass that sets its own json_schema_extra replaces this one, so repeats its rules."""
 
-    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE]})
+    model_config = ConfigDict(json_schema_extra={"allOf": [STREAM_OPTIONS_RULE]})
 
     model: str = Field(min_length=1, max_length=256)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -155,12 +155,12 @@ class SamplingFields(_Strict):
                                   param="stream_options")
 
 
-class TextPart(_Strict):
+class TextPart(StrictModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(StrictModel):
     # The document's form of _content_required.
     model_config = ConfigDict(json_schema_extra={"anyOf": [
         {"properties": {"role": {"const": "assistant"}}},
@@ -190,8 +190,8 @@ class ChatMessage(_Strict):
 
 
 class ChatCompletionRequest(SamplingFields):
-    model_config = ConfigDict(json_schema_extra={"allOf": [_STREAM_OPTIONS_RULE,
-                                                           _only_with("top_logprobs", "logprobs"), *TOOL_RULES]})
+    model_config = ConfigDict(json_schema_extra={"allOf": [STREAM_OPTIONS_RULE,
+                                                           only_with("top_logprobs", "logprobs"), *TOOL_RULES]})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)

@@ -1,4 +1,5 @@
-"""Response bodies and stream chunks of chat and text completions, in OpenAI's exact shapes.
+"""Response bodies and stream chunks of chat and text completions, in OpenAI's exact shapes, and
+the shaper interface that gateway/serving.py drives for every generation endpoint.
 
 Usage counts each prompt once however many choices it has (`n`); completion tokens sum over all
 choices; `cached_tokens` of a prompt is the most any of its choices found in the prefix cache.
@@ -9,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.choice_decoder import ChoiceDelta, TokenLogprobs
+from gateway.errors import OpenAIError
 from gateway.logprobs_format import chat_logprobs, completion_logprobs
+from gateway.sse import DONE_EVENT, encode_event
 
 
 class ChoiceResult:
@@ -51,20 +54,27 @@ class UsageTally:
     def completion_tokens(self) -> int:
         return sum(self._completion.values())
 
+    @property
+    def cached_tokens(self) -> int:
+        return sum(self._cached.values())
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": sum(self._cached.values())},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
         }
 
 
 class ResponseShaper:
-    """Shapes deltas and results into one endpoint's OpenAI objects."""
+    """Shapes deltas and results into one endpoint's OpenAI objects. A stream is: opening_chunks,
+    chunks of each delta, closing_chunks (or error_chunks on a failure), then stream_end; each
+    payload framed by encode."""
 
     response_object = ""
     chunk_object = ""
+    stream_end = DONE_EVENT
 
     def __init__(self, request_id: str, created: int, model: str, *, with_logprobs: bool,
                  include_usage: bool):
@@ -84,8 +94,20 @@ class ResponseShaper:
             chunk["usage"] = None  # OpenAI: every chunk but the last carries "usage": null
         return chunk
 
+    def encode(self, payload: dict[str, Any]) -> bytes:
+        return encode_event(payload)
+
     def opening_chunks(self, choice_count: int) -> list[dict[str, Any]]:
         return []
+
+    def chunks(self, delta: ChoiceDelta) -> list[dict[str, Any]]:
+        return [self.chunk(delta)]
+
+    def closing_chunks(self, usage: UsageTally) -> list[dict[str, Any]]:
+        return [self.usage_chunk(usage)] if self.include_usage else []
+
+    def error_chunks(self, error: OpenAIError) -> list[dict[str, Any]]:
+        return [error.body()]
 
     def usage_chunk(self, usage: UsageTally) -> dict[str, Any]:
         chunk = self._envelope(self.chunk_object, [])

@@ -2,8 +2,8 @@
 
 A streaming response's status line is sent only with its first delta, so failures before any
 output (unknown model, queue full, no worker) still reach the client as proper HTTP errors; later
-failures become an `{"error": ...}` event followed by `[DONE]`. The request deadline
-(request_timeout_s) and a vanished client both cancel every upstream stream.
+failures become the shaper's error events (completions: an `{"error": ...}` event, then `[DONE]`).
+The request deadline (request_timeout_s) and a vanished client both cancel every upstream stream.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from typing import Any
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ from gateway.generation import merged_deltas
 from gateway.metrics import TokenTimer
 from gateway.planning import GenerationPlan
 from gateway.responses import ChoiceResult, ResponseShaper, UsageTally
-from gateway.sse import DONE_EVENT, encode_event, open_event_stream
+from gateway.sse import open_event_stream
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +84,28 @@ async def _collect(plan: GenerationPlan, shaper: ResponseShaper, usage: UsageTal
     return web.json_response(shaper.response(results, usage), headers={"X-Request-Id": plan.request_id})
 
 
+async def _write(response: web.StreamResponse, shaper: ResponseShaper, payloads: list[dict[str, Any]]) -> None:
+    for payload in payloads:
+        await response.write(shaper.encode(payload))
+
+
 async def _stream(request: web.Request, plan: GenerationPlan, shaper: ResponseShaper, usage: UsageTally,
                   deltas: _Deltas) -> web.StreamResponse:
     delta = await deltas.next()  # errors before the first output are still plain HTTP errors
     response = await open_event_stream(request, {"X-Request-Id": plan.request_id})
     try:
         try:
-            for chunk in shaper.opening_chunks(len(plan.requests)):
-                await response.write(encode_event(chunk))
+            await _write(response, shaper, shaper.opening_chunks(len(plan.requests)))
             while delta is not None:
-                await response.write(encode_event(shaper.chunk(delta)))
+                await _write(response, shaper, shaper.chunks(delta))
                 delta = await deltas.next()
-            if shaper.include_usage:
-                await response.write(encode_event(shaper.usage_chunk(usage)))
+            await _write(response, shaper, shaper.closing_chunks(usage))
         except OpenAIError as e:
             log.warning("request %s failed mid-stream: %s", plan.request_id, e.message,
                         extra={"request_id": plan.request_id})
-            await response.write(encode_event(e.body()))
-        await response.write(DONE_EVENT)
+            await _write(response, shaper, shaper.error_chunks(e))
+        if shaper.stream_end:
+            await response.write(shaper.stream_end)
         await response.write_eof()
     except ConnectionResetError:
         log.info("client of %s went away; upstream cancelled", plan.request_id,

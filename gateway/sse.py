@@ -1,4 +1,5 @@
-"""Server-sent events framing as OpenAI streams it: `data: {json}\n\n` ..., `data: [DONE]\n\n`."""
+"""Server-sent events framing as OpenAI streams it: `data: {json}\n\n` ..., `data: [DONE]\n\n` for
+completions; the Responses API names each event (`event: response.created\ndata: {json}\n\n`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from aiohttp import web
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
-def encode_event(payload: dict[str, Any]) -> bytes:
+def encode_event(payload: dict[str, Any], event: str | None = None) -> bytes:
     """One event. JSON escapes every newline in strings, so a payload is always one `data:` line."""
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
+    name = f"event: {event}\n".encode() if event else b""
+    return name + b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
                                   allow_nan=False).encode() + b"\n\n"
 
 

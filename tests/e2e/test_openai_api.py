@@ -154,3 +154,20 @@ def test_health_and_ping_stay_open(cluster):
     assert health["status"] == "ok" and health["workers"] == {MODEL: 1}
     assert health["uptime_seconds"] > 0 and health["total_requests"] >= 0
     assert API_KEY not in json.dumps(health)
+
+
+def test_responses_api_answers_as_chat_does(client):
+    """The same conversation through /v1/responses and /v1/chat/completions: the same greedy text
+    and prompt length; the stream's deltas add up to it."""
+    chat = client.chat.completions.create(model=MODEL, max_tokens=16, temperature=0, messages=[
+        {"role": "system", "content": "You are brief."}, {"role": "user", "content": "Tell me a story"}])
+    response = client.responses.create(model=MODEL, instructions="You are brief.", input="Tell me a story",
+                                       max_output_tokens=16, temperature=0)
+    assert response.output_text == chat.choices[0].message.content and response.output_text
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+    assert response.usage.output_tokens == chat.usage.completion_tokens
+    assert response.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed")
+    events = list(client.responses.create(model=MODEL, instructions="You are brief.", input="Tell me a story",
+                                          max_output_tokens=16, temperature=0, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
+    assert events[-1].type == f"response.{response.status}"

@@ -15,13 +15,16 @@ JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream",
           "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "top_k", "min_p",
-          "repetition_penalty", "ignore_eos", "stop_token_ids", "stream_options", "user", "max_completion_tokens"]
+          "repetition_penalty", "ignore_eos", "stop_token_ids", "stream_options", "user", "max_completion_tokens",
+          # the Responses API's own
+          "input", "instructions", "max_output_tokens", "include", "text", "reasoning", "truncation", "background",
+          "previous_response_id", "tools", "tool_choice", "metadata", "store"]
 BODIES = st.fixed_dictionaries({"model": st.just(MODEL)},
                                optional={f: JSON_VALUES for f in FIELDS}) | JSON_VALUES
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=BODIES, path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]))
+@given(body=BODIES, path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/responses"]))
 async def test_arbitrary_bodies_never_cause_a_server_error(bundle, body, path):  # noqa: F811
     fake = FakeScheduler(bundle)
     client = await start_gateway(fake)

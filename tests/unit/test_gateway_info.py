@@ -95,7 +95,8 @@ async def test_openapi_document_describes_the_endpoints_and_request_schemas(bund
         await client.close()
     assert ping.status == 200
     assert document["openapi"].startswith("3.")
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health"} <= set(document["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models",
+            "/health"} <= set(document["paths"])
     chat = document["components"]["schemas"]["ChatCompletionRequest"]
     assert {"model", "messages"} <= set(chat["required"])
     assert chat["properties"]["temperature"]["anyOf"][0]["maximum"] == 2

@@ -161,7 +161,7 @@ def test_chat_template_failure_is_a_400(tokenizer):
                                          "{{ raise_exception('System role not supported') }}{% endif %}")
     try:
         with pytest.raises(OpenAIError) as caught:
-            chat_prompt_ids(tokenizer, req)
+            chat_prompt_ids(tokenizer, req.model, req.messages)
     finally:
         tokenizer.tokenizer.chat_template = original
     assert caught.value.status == 400 and "System role not supported" in caught.value.message
