@@ -6,6 +6,8 @@ GenerateRequest, so the scheduler's and worker's spans join the same trace.
 
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from gateway.context import CONTEXT, MODEL_LABEL, GatewayContext
@@ -56,7 +58,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         req = parse_request(body, ChatCompletionRequest)
         tokenizer = await ctx.tokenizers.get(req.model)
         request[MODEL_LABEL] = req.model
-        prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req.model, req.messages)
+        prompt = await ctx.run_blocking(functools.partial(chat_prompt_ids, tokenizer, req.model, req.messages,
+                                                          **req.template_options()))
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         plan = plan_generation(req, [prompt], tokenizer, "chatcmpl", "messages", max_param)
         shaper = ChatShaper(plan.request_id, plan.created, req.model, with_logprobs=req.logprobs_k() >= 0,

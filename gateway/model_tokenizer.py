@@ -6,10 +6,13 @@ except the few-token decodes of a streamed increment (see generation.INLINE_DECO
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 import threading
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from gateway.token_text import TokenTexts
 from services.bundle_tokenizer import load_bundle_tokenizer
@@ -64,9 +67,22 @@ class ModelTokenizer:
         with self._encode_lock:
             return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """The prompt text for a conversation, ending where the assistant's reply begins."""
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, template_kwargs: dict[str, Any] | None = None) -> str:
+        """The prompt text for a conversation: by default ending where the assistant's reply begins;
+        with continue_final_message, ending inside the last (assistant) message, to be continued.
+        `template_kwargs` are extra variables for the template (e.g. Qwen3's enable_thinking)."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, **(template_kwargs or {}))
+
+    @cached_property
+    def reserved_template_kwargs(self) -> frozenset[str]:
+        """Names an extra template variable must not take: apply_chat_template's own parameters and
+        the variables it sets itself."""
+        parameters = inspect.signature(self.tokenizer.apply_chat_template).parameters
+        own = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+        return frozenset(own | {"messages", "conversations"})
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of `token_ids` without special tokens, spaces left exactly as decoded."""

@@ -4,6 +4,7 @@ completion prompts as strings or token ids. Blocking; run in the gateway's execu
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from gateway.errors import invalid_request
 from gateway.model_tokenizer import ModelTokenizer
@@ -12,14 +13,20 @@ from gateway.protocol import ChatMessage, CompletionRequest
 log = logging.getLogger(__name__)
 
 
-def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMessage],
-                    param: str = "messages") -> list[int]:
+def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMessage], param: str = "messages", *,
+                    add_generation_prompt: bool = True, continue_final_message: bool = False,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
     """The prompt of a conversation through the model's chat template; `param` names the request
     field the conversation came from, for errors."""
     if not tokenizer.has_chat_template:
         raise invalid_request(f"model `{model}` has no chat template; use /v1/completions", param=param)
+    reserved = sorted(set(template_kwargs or {}) & tokenizer.reserved_template_kwargs)
+    if reserved:
+        raise invalid_request(f"chat_template_kwargs: {reserved[0]!r} is set by the server, not a template "
+                              "variable a request may set", param="chat_template_kwargs")
     try:
-        text = tokenizer.render_chat([m.for_template() for m in messages])
+        text = tokenizer.render_chat([m.for_template() for m in messages], add_generation_prompt=add_generation_prompt,
+                                     continue_final_message=continue_final_message, template_kwargs=template_kwargs)
     except Exception as e:  # the template is the model's code; whatever it rejects is the input's shape
         log.info("chat template rejected a conversation: %s", e)
         raise invalid_request(f"{param}: the model's chat template rejected them: {e}", param=param) from None

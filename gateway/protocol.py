@@ -32,6 +32,7 @@ MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 1024
 MAX_BIAS = 100  # OpenAI's bound: +-100 already bans or forces a token
 MAX_MESSAGES = 4096
+MAX_TEMPLATE_KWARGS = 64
 INT32_MAX = 2**31 - 1
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 DEFAULT_TEMPERATURE = 1.0  # OpenAI's default; send temperature=0 for greedy decoding
@@ -202,6 +203,11 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
+    # vLLM's chat template extras: continue the last (assistant) message instead of starting a reply;
+    # extra template variables (Qwen3's enable_thinking, ...)
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, max_length=MAX_TEMPLATE_KWARGS)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -209,12 +215,27 @@ class ChatCompletionRequest(SamplingFields):
     def logprobs_k(self) -> int:
         return (self.top_logprobs or 0) if self.logprobs else -1
 
+    def template_options(self) -> dict[str, Any]:
+        """chat_prompt_ids' keywords, with vLLM's defaults: a reply is started unless the last
+        message is continued."""
+        continuing = bool(self.continue_final_message)
+        return {"add_generation_prompt": not continuing if self.add_generation_prompt is None
+                else self.add_generation_prompt,
+                "continue_final_message": continuing, "template_kwargs": self.chat_template_kwargs}
+
     def check(self) -> None:
         super().check()
         if self.top_logprobs is not None and not self.logprobs:
             raise invalid_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
         refuse_tool_use(self.tools, self.tool_choice)
         refuse_tool_use(self.functions, self.function_call, "functions", "function_call")
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise invalid_request("continue_final_message: cannot be combined with add_generation_prompt "
+                                      "true (send add_generation_prompt false)", param="continue_final_message")
+            if self.messages[-1].role != "assistant":
+                raise invalid_request("continue_final_message: the last message must be the assistant's, "
+                                      "which the model then continues", param="continue_final_message")
 
 
 def _check_prompt(value: Any) -> list[str] | list[list[int]]:

@@ -16,6 +16,7 @@ JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.lists(inner, max_size=
 FIELDS = ["prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream",
           "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty", "top_k", "min_p",
           "repetition_penalty", "ignore_eos", "stop_token_ids", "stream_options", "user", "max_completion_tokens",
+          "chat_template_kwargs", "continue_final_message", "add_generation_prompt",
           # the Responses API's own
           "input", "instructions", "max_output_tokens", "include", "text", "reasoning", "truncation", "background",
           "previous_response_id", "tools", "tool_choice", "metadata", "store"]
