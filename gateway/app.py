@@ -32,6 +32,8 @@ def create_app(settings: GatewaySettings, client: SchedulerApi) -> web.Applicati
     app.router.add_post("/v1/chat/completions", endpoints.chat_completions)
     app.router.add_post("/v1/completions", endpoints.completions)
     app.router.add_post("/v1/responses", endpoints.responses)
+    app.router.add_get("/v1/responses/{response_id}", endpoints.stored_response)
+    app.router.add_delete("/v1/responses/{response_id}", endpoints.stored_response)
     app.router.add_get("/v1/models", info_handlers.list_models)
     app.router.add_get("/v1/models/{model}", info_handlers.retrieve_model)
     app.router.add_get("/health", info_handlers.health)

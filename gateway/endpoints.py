@@ -92,3 +92,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
         shaper = ResponsesShaper(plan.request_id, plan.created, req.model, with_logprobs=req.logprobs_k() >= 0,
                                  settings=req.echoed_settings())
         return await _serve(request, ctx, plan, shaper, bool(req.stream), span)
+
+
+async def stored_response(request: web.Request) -> web.StreamResponse:
+    """GET or DELETE /v1/responses/{response_id}: nothing is stored, so the answer is always a 404
+    that says why, rather than a bare "Not Found" for a path a client expects to exist."""
+    raise OpenAIError(404, f"Response `{request.match_info['response_id']}` is not stored: this server keeps no "
+                           "responses (store is always false), so none can be retrieved or deleted.",
+                      param="response_id", code="not_found")

@@ -71,6 +71,10 @@ def openapi_document() -> dict[str, Any]:
             "/v1/completions": _generation("Create a text completion", "CompletionRequest", "Completion"),
             "/v1/responses": _generation("Create a response (the Responses API, text only)", "ResponsesRequest",
                                          "Response", named_sse_event("ResponseStreamEvent")),
+            "/v1/responses/{response_id}": {method: {
+                "summary": f"{verb} a stored response: none is stored, so always 404", "security": _OPEN,
+                "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": _errors(401, 404)} for method, verb in (("get", "Retrieve"), ("delete", "Delete"))},
             "/v1/models": {"get": {"summary": "List served models", "security": _OPEN,
                                    "responses": {"200": _json("Model list", "ModelList"), **_errors(401, 503)}}},
             "/v1/models/{model}": {"get": {

@@ -258,3 +258,17 @@ async def test_context_overflow_names_max_output_tokens(bundle):
         await client.close()
     assert response.status == 400 and body["error"]["code"] == "context_length_exceeded"
     assert body["error"]["param"] == "max_output_tokens" and "max_output_tokens" in body["error"]["message"]
+
+
+def test_retrieving_or_deleting_a_response_is_a_404_that_says_nothing_is_stored(bundle):
+    fake = FakeScheduler(bundle)
+    with served_gateway(fake) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        created = client.responses.create(model=MODEL, input="Hi", store=True)
+        with pytest.raises(openai.NotFoundError) as retrieving:
+            client.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError) as deleting:
+            client.responses.delete(created.id)
+    for caught in (retrieving, deleting):
+        assert caught.value.body["param"] == "response_id" and "not stored" in caught.value.body["message"]
+        assert created.id in caught.value.body["message"]
