@@ -45,12 +45,25 @@ def error_response(error: OpenAIError) -> web.Response:
     return web.json_response(error.body(), status=error.status, headers=error.headers)
 
 
+def _api_endpoints(app: web.Application) -> str:
+    """The OpenAI API's routes, for the 404 of an unknown path: a client that called an endpoint
+    this server lacks (e.g. /v1/embeddings) learns what it can call instead."""
+    routes = [f"{route.method} {route.resource.canonical}" for route in app.router.routes()
+              if route.method in ("GET", "POST") and route.resource is not None
+              and route.resource.canonical.startswith(AUTHENTICATED_PREFIX) and "{" not in route.resource.canonical]
+    return ", ".join(routes)
+
+
 @web.middleware
 async def openai_errors(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except OpenAIError as e:
         return error_response(e)
+    except web.HTTPNotFound:
+        return error_response(OpenAIError(404, f"Unknown endpoint {request.method} {request.path}; this server "
+                                               f"serves {_api_endpoints(request.app)} (all of them in "
+                                               "/openapi.json).", type=INVALID_REQUEST, code="unknown_endpoint"))
     except web.HTTPException as e:
         if e.status < 400:
             raise

@@ -80,6 +80,11 @@ async def test_unknown_route_and_wrong_method_get_openai_bodies(gateway):
     missing = await client.get("/v1/nothing-here")
     assert missing.status == 404
     assert_openai_error(await missing.json())
+    embeddings = await client.post("/v1/embeddings", json={"model": "tiny", "input": "x"})
+    error = (await embeddings.json())["error"]
+    assert embeddings.status == 404 and error["code"] == "unknown_endpoint"
+    assert error["message"].startswith("Unknown endpoint POST /v1/embeddings; this server serves POST "
+                                       "/v1/chat/completions")
     wrong = await client.get("/v1/chat/completions")
     assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
     assert_openai_error(await wrong.json())
