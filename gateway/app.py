@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from gateway import endpoints, info_handlers
+from gateway import endpoints, info_handlers, tokenization
 from gateway.context import CONTEXT, GatewayContext
 from gateway.middleware import authenticate, observe, openai_errors
 from gateway.scheduler_client import SchedulerApi
@@ -34,6 +34,8 @@ def create_app(settings: GatewaySettings, client: SchedulerApi) -> web.Applicati
     app.router.add_post("/v1/responses", endpoints.responses)
     app.router.add_get("/v1/responses/{response_id}", endpoints.stored_response)
     app.router.add_delete("/v1/responses/{response_id}", endpoints.stored_response)
+    app.router.add_post("/tokenize", tokenization.tokenize)
+    app.router.add_post("/detokenize", tokenization.detokenize)
     app.router.add_get("/v1/models", info_handlers.list_models)
     app.router.add_get("/v1/models/{model}", info_handlers.retrieve_model)
     app.router.add_get("/health", info_handlers.health)

@@ -10,11 +10,12 @@ import functools
 
 from aiohttp import web
 
+from gateway.completion_request import CompletionRequest
 from gateway.context import CONTEXT, MODEL_LABEL, GatewayContext
 from gateway.errors import OpenAIError
 from gateway.planning import GenerationPlan, plan_generation
 from gateway.prompts import chat_prompt_ids, completion_prompt_ids
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.protocol import ChatCompletionRequest, parse_request
 from gateway.responses import ChatShaper, CompletionShaper, ResponseShaper
 from gateway.responses_request import ResponsesRequest
 from gateway.responses_shaper import ResponsesShaper

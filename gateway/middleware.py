@@ -15,6 +15,7 @@ from gateway.errors import INVALID_REQUEST, OpenAIError, internal
 log = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response ended
 AUTHENTICATED_PREFIX = "/v1/"
+AUTHENTICATED_PATHS = ("/tokenize", "/detokenize")  # vLLM's paths, outside /v1/
 
 
 def _endpoint(request: web.Request) -> str:
@@ -83,10 +84,11 @@ def _presented_key(request: web.Request) -> bytes | None:
 
 @web.middleware
 async def authenticate(request: web.Request, handler) -> web.StreamResponse:
-    """Require a configured key on /v1/*; /health, /ping, /metrics and /openapi.json stay open.
+    """Require a configured key on /v1/*, /tokenize and /detokenize; /health, /ping, /metrics and
+    /openapi.json stay open.
     Every configured key is compared in constant time, whichever matches."""
     keys = request.app[CONTEXT].accepted_keys
-    if keys and request.path.startswith(AUTHENTICATED_PREFIX):
+    if keys and (request.path.startswith(AUTHENTICATED_PREFIX) or request.path in AUTHENTICATED_PATHS):
         presented = _presented_key(request)
         matched = False
         for key in keys:

@@ -84,7 +84,7 @@ class ModelTokenizer:
         own = {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
         return frozenset(own | {"messages", "conversations"})
 
-    def decode(self, token_ids: list[int]) -> str:
-        """Text of `token_ids` without special tokens, spaces left exactly as decoded."""
-        return self.tokenizer.decode(token_ids, skip_special_tokens=True,
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        """Text of `token_ids` (by default without special tokens), spaces left exactly as decoded."""
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=False)

@@ -12,9 +12,11 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from gateway.completion_request import CompletionRequest
 from gateway.openapi_schemas import RESPONSE_SCHEMAS, named_sse_event, ref, sse_event
-from gateway.protocol import ChatCompletionRequest, CompletionRequest
+from gateway.protocol import ChatCompletionRequest
 from gateway.responses_request import ResponsesRequest
+from gateway.tokenization import DetokenizeRequest, TokenizeRequest
 
 _REF = "#/components/schemas/{model}"
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying",
@@ -52,10 +54,20 @@ def _generation(summary: str, request: str, response: str,
     }}
 
 
+def _tokenization(summary: str, request: str, response: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "security": _OPEN,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref(request)}}},
+        "responses": {"200": _json(summary, response), **_errors(400, 401, 404, 413, 503)},
+    }}
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"), (ResponsesRequest, "validation")],
+        [(model, "validation") for model in (ChatCompletionRequest, CompletionRequest, ResponsesRequest,
+                                             TokenizeRequest, DetokenizeRequest)],
         ref_template=_REF)
     components = {**schemas.get("$defs", {}), **RESPONSE_SCHEMAS}
     return {
@@ -75,6 +87,9 @@ def openapi_document() -> dict[str, Any]:
                 "summary": f"{verb} a stored response: none is stored, so always 404", "security": _OPEN,
                 "parameters": [{"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "responses": _errors(401, 404)} for method, verb in (("get", "Retrieve"), ("delete", "Delete"))},
+            "/tokenize": _tokenization("A model's token ids for a text or a conversation (vLLM's)",
+                                       "TokenizeRequest", "Tokenized"),
+            "/detokenize": _tokenization("The text of token ids (vLLM's)", "DetokenizeRequest", "Detokenized"),
             "/v1/models": {"get": {"summary": "List served models", "security": _OPEN,
                                    "responses": {"200": _json("Model list", "ModelList"), **_errors(401, 503)}}},
             "/v1/models/{model}": {"get": {

@@ -6,18 +6,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from gateway.completion_request import CompletionRequest
 from gateway.errors import invalid_request
 from gateway.model_tokenizer import ModelTokenizer
-from gateway.protocol import ChatMessage, CompletionRequest
+from gateway.protocol import ChatMessage
 
 log = logging.getLogger(__name__)
 
 
 def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMessage], param: str = "messages", *,
                     add_generation_prompt: bool = True, continue_final_message: bool = False,
-                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
-    """The prompt of a conversation through the model's chat template; `param` names the request
-    field the conversation came from, for errors."""
+                    template_kwargs: dict[str, Any] | None = None, add_special_tokens: bool = False) -> list[int]:
+    """The prompt of a conversation through the model's chat template (which writes its own special
+    tokens, so the tokenizer adds none unless asked); `param` names the request field the
+    conversation came from, for errors."""
     if not tokenizer.has_chat_template:
         raise invalid_request(f"model `{model}` has no chat template; use /v1/completions", param=param)
     reserved = sorted(set(template_kwargs or {}) & tokenizer.reserved_template_kwargs)
@@ -30,7 +32,7 @@ def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMe
     except Exception as e:  # the template is the model's code; whatever it rejects is the input's shape
         log.info("chat template rejected a conversation: %s", e)
         raise invalid_request(f"{param}: the model's chat template rejected them: {e}", param=param) from None
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     if not ids:
         raise invalid_request(f"{param}: the conversation renders to an empty prompt", param=param)
     return ids

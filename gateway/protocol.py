@@ -1,4 +1,5 @@
-"""Request bodies of the OpenAI endpoints as pydantic models: the gateway's whole input contract.
+"""Request bodies of the OpenAI endpoints as pydantic models: the gateway's input contract (with
+gateway/completion_request.py, responses_request.py and tokenization.py, built on this file's parts).
 
 Parsing is strict (no string-to-number coercion, no NaN or infinity) and unknown fields are
 ignored, as OpenAI and vLLM do. Limits a client can hit, chosen to bound the work one request can
@@ -19,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSche
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import from_validation_error, invalid_request
-from gateway.unsupported_fields import (TOOL_RULES, ResponseFormat, Suffix, check_response_format, refuse_suffix,
-                                        refuse_tool_use)
+from gateway.unsupported_fields import TOOL_RULES, ResponseFormat, check_response_format, refuse_tool_use
 
 MAX_N = 16
 MAX_PROMPTS = 64
@@ -51,6 +51,9 @@ LogitBias = Annotated[
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+    def check(self) -> None:
+        """Cross-field rules pydantic cannot express per field; raises a 400 naming the field."""
 
 
 class StreamOptions(StrictModel):
@@ -190,7 +193,33 @@ class ChatMessage(StrictModel):
         return message
 
 
-class ChatCompletionRequest(SamplingFields):
+class ChatTemplateFields(StrictModel):
+    """vLLM's chat template extras: continue the last (assistant) message instead of starting a
+    reply; extra template variables (Qwen3's enable_thinking, ...)."""
+
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(None, max_length=MAX_TEMPLATE_KWARGS)
+
+    def check_template_options(self, messages: list[ChatMessage]) -> None:
+        if self.continue_final_message:
+            if self.add_generation_prompt:
+                raise invalid_request("continue_final_message: cannot be combined with add_generation_prompt "
+                                      "true (send add_generation_prompt false)", param="continue_final_message")
+            if messages[-1].role != "assistant":
+                raise invalid_request("continue_final_message: the last message must be the assistant's, "
+                                      "which the model then continues", param="continue_final_message")
+
+    def template_options(self) -> dict[str, Any]:
+        """chat_prompt_ids' keywords, with vLLM's defaults: a reply is started unless the last
+        message is continued."""
+        continuing = bool(self.continue_final_message)
+        return {"add_generation_prompt": not continuing if self.add_generation_prompt is None
+                else self.add_generation_prompt,
+                "continue_final_message": continuing, "template_kwargs": self.chat_template_kwargs}
+
+
+class ChatCompletionRequest(SamplingFields, ChatTemplateFields):
     model_config = ConfigDict(json_schema_extra={"allOf": [STREAM_OPTIONS_RULE,
                                                            only_with("top_logprobs", "logprobs"), *TOOL_RULES]})
 
@@ -203,11 +232,6 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-    # vLLM's chat template extras: continue the last (assistant) message instead of starting a reply;
-    # extra template variables (Qwen3's enable_thinking, ...)
-    add_generation_prompt: bool | None = None
-    continue_final_message: bool | None = None
-    chat_template_kwargs: dict[str, Any] | None = Field(None, max_length=MAX_TEMPLATE_KWARGS)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -215,13 +239,6 @@ class ChatCompletionRequest(SamplingFields):
     def logprobs_k(self) -> int:
         return (self.top_logprobs or 0) if self.logprobs else -1
 
-    def template_options(self) -> dict[str, Any]:
-        """chat_prompt_ids' keywords, with vLLM's defaults: a reply is started unless the last
-        message is continued."""
-        continuing = bool(self.continue_final_message)
-        return {"add_generation_prompt": not continuing if self.add_generation_prompt is None
-                else self.add_generation_prompt,
-                "continue_final_message": continuing, "template_kwargs": self.chat_template_kwargs}
 
     def check(self) -> None:
         super().check()
@@ -229,80 +246,10 @@ class ChatCompletionRequest(SamplingFields):
             raise invalid_request("top_logprobs: requires logprobs to be true", param="top_logprobs")
         refuse_tool_use(self.tools, self.tool_choice)
         refuse_tool_use(self.functions, self.function_call, "functions", "function_call")
-        if self.continue_final_message:
-            if self.add_generation_prompt:
-                raise invalid_request("continue_final_message: cannot be combined with add_generation_prompt "
-                                      "true (send add_generation_prompt false)", param="continue_final_message")
-            if self.messages[-1].role != "assistant":
-                raise invalid_request("continue_final_message: the last message must be the assistant's, "
-                                      "which the model then continues", param="continue_final_message")
+        self.check_template_options(self.messages)
 
 
-def _check_prompt(value: Any) -> list[str] | list[list[int]]:
-    """Normalise a prompt to a list of strings or a list of token-id lists."""
-    def is_id(x: Any) -> bool:
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list) or not value:
-        raise PydanticCustomError("prompt_type", "must be a string, a list of strings, a list of token "
-                                                 "ids or a list of token-id lists, and not empty")
-    if all(isinstance(p, str) for p in value):
-        prompts: list = value
-    elif all(is_id(t) for t in value):
-        prompts = [value]
-    elif all(isinstance(p, list) and p and all(is_id(t) for t in p) for p in value):
-        prompts = value
-    else:
-        raise PydanticCustomError("prompt_type", "must be a string, a list of strings, a list of token "
-                                                 "ids or a list of non-empty token-id lists")
-    if len(prompts) > MAX_PROMPTS:
-        raise PydanticCustomError("prompt_count", f"at most {MAX_PROMPTS} prompts per request")
-    for p in prompts:
-        if isinstance(p, list) and any(not 0 <= t <= INT32_MAX for t in p):
-            raise PydanticCustomError("prompt_token", "token ids must be non-negative 32-bit integers")
-    return prompts
-
-
-_TOKEN_LIST_SCHEMA = {"type": "array", "minItems": 1,
-                      "items": {"type": "integer", "minimum": 0, "maximum": INT32_MAX}}
-_PROMPT_SCHEMA = {"anyOf": [
-    {"type": "string"},
-    {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": {"type": "string"}},
-    _TOKEN_LIST_SCHEMA,
-    {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS, "items": _TOKEN_LIST_SCHEMA},
-]}
-
-
-class CompletionRequest(SamplingFields):
-    prompt: Annotated[Any, WithJsonSchema(_PROMPT_SCHEMA)]
-    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
-    echo: Annotated[bool | None, WithJsonSchema({"anyOf": [{"const": False}, {"type": "null"}],
-                                                 "description": "echoing the prompt is not supported"})] = None
-    best_of: int | None = Field(None, ge=1)
-    suffix: Suffix = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _valid_prompt(cls, value: Any) -> list[str] | list[list[int]]:
-        return _check_prompt(value)
-
-    def logprobs_k(self) -> int:
-        return -1 if self.logprobs is None else self.logprobs
-
-    def check(self) -> None:
-        super().check()
-        if self.echo:
-            raise invalid_request("echo: echoing the prompt is not supported", param="echo")
-        refuse_suffix(self.suffix)
-        if self.best_of is not None and self.best_of != (self.n or 1):
-            raise invalid_request("best_of: only best_of equal to n is supported", param="best_of")
-        if len(self.prompt) * (self.n or 1) > MAX_CHOICES:
-            raise invalid_request(f"n: prompts x n may be at most {MAX_CHOICES}", param="n")
-
-
-RequestT = TypeVar("RequestT", bound=SamplingFields)
+RequestT = TypeVar("RequestT", bound=StrictModel)
 
 
 def parse_request(body: bytes, model: type[RequestT]) -> RequestT:

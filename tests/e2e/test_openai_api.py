@@ -171,3 +171,25 @@ def test_responses_api_answers_as_chat_does(client):
                                           max_output_tokens=16, temperature=0, stream=True))
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == response.output_text
     assert events[-1].type == f"response.{response.status}"
+
+
+def test_tokenize_counts_the_prompt_tokens_a_chat_request_reports(client, cluster):
+    """vLLM's /tokenize and /detokenize, with the key, against the running cluster."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    def call(path: str, body: dict, key: str | None = API_KEY) -> dict:
+        request = urllib.request.Request(cluster.gateway_url + path, data=json.dumps(body).encode(), headers={
+            "Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    tokenized = call("/tokenize", {"model": MODEL, "messages": messages})
+    assert tokenized["count"] == len(tokenized["tokens"]) == chat.usage.prompt_tokens
+    assert "Tell me a story" in call("/detokenize", {"model": MODEL, "tokens": tokenized["tokens"]})["prompt"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call("/tokenize", {"model": MODEL, "prompt": "x"}, key=None)
+    assert refused.value.code == 401

@@ -6,7 +6,7 @@ For every case: no 5xx; status code, content type, headers and body are as the d
 every error is an OpenAI error body whose `param` names a field the operation has. A request the
 document allows is served, or refused with a 400 for a rule the document cannot state (vocabulary,
 min_tokens against max_tokens, best_of against n); a request it forbids is refused with a 4xx
-that names the field the fuzzer broke. Only served requests ever reach the scheduler.
+that names the field the fuzzer broke. Only served generation requests ever reach the scheduler.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tests.unit.served_gateway import served_gateway
 from tests.unit.test_gateway_support import MODEL, FakeScheduler, bundle  # noqa: F401  (fixture)
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
+TOKENIZATION = ("/tokenize", "/detokenize")
 BODY_LIMIT = GatewaySettings.model_fields["max_body_bytes"].default  # the gateway's own default
 # Both modes together stay well under a minute on two cores (about 20 ms a case). No shrinking:
 # it can take minutes over these bodies, and a failure already reports its case as a curl command.
@@ -123,6 +124,8 @@ def test_requests_the_document_allows_are_served_or_refused_naming_a_field(serve
         error = assert_openai_error(case, response)
         assert error["param"] is not None, error
         assert upstream == 0
+    elif case.operation.path in TOKENIZATION:
+        assert upstream == 0  # served by the gateway alone
     elif case.operation.method == "post":
         assert upstream >= 1
 

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, parse_request
+from gateway.completion_request import CompletionRequest
+from gateway.protocol import ChatCompletionRequest, parse_request
 from tests.unit.test_gateway_validation import CHAT, TEXT, rejected
 
 FUNCTION = {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}

@@ -9,8 +9,8 @@ import pytest
 from gateway.errors import OpenAIError
 from gateway.planning import plan_generation
 from gateway.prompts import chat_prompt_ids, completion_prompt_ids
-from gateway.protocol import (MAX_LOGIT_BIAS, MAX_N, MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest,
-                              parse_request)
+from gateway.completion_request import CompletionRequest
+from gateway.protocol import MAX_LOGIT_BIAS, MAX_N, MAX_STOP_STRINGS, ChatCompletionRequest, parse_request
 from tests.unit.test_gateway_support import bundle, tokenizer  # noqa: F401  (fixtures)
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
