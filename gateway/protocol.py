@@ -239,7 +239,6 @@ class ChatCompletionRequest(SamplingFields, ChatTemplateFields):
     def logprobs_k(self) -> int:
         return (self.top_logprobs or 0) if self.logprobs else -1
 
-
     def check(self) -> None:
         super().check()
         if self.top_logprobs is not None and not self.logprobs:

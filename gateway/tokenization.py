@@ -9,6 +9,7 @@ run on the gateway with the tokenizer a worker registered; no worker is involved
 from __future__ import annotations
 
 import functools
+
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
