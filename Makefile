@@ -52,8 +52,11 @@ model: $(MODEL)
 $(MODEL): | $(STAMP)
 	$(PY) -m worker.demo_model --out $(MODEL_DIR)
 
+# exec: the cluster's process replaces the recipe's shell, so the SIGTERM that make passes on to its
+# child (`kill` of make, a container stop) reaches it and it stops every process it started; with a
+# shell in between the shell died and the cluster went on holding its ports.
 run: setup
-	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} $(PY) -c "import services.local_cluster as c; c.run_forever()"
+	FERRUM_INFER_MODEL_PATH=$${FERRUM_INFER_MODEL_PATH:-$(MODEL_DIR)} exec $(PY) -c "import services.local_cluster as c; c.run_forever()"
 
 # The test suite's tiny models (tests/conftest.py's fixtures) build beside the kernels and the demo
 # model, instead of inside the first tests that need them.

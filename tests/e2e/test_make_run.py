@@ -1,7 +1,10 @@
-"""`make run`'s command as a service manager runs it: it serves, and SIGTERM stops the whole cluster.
+"""`make run` itself: it serves, and a SIGTERM to make (as `kill` or a container stop sends it) stops
+the whole cluster.
 
-Its processes run in sessions of their own; before SIGTERM was handled, killing `make run` left
-Redis, the scheduler, the worker and the gateway running, holding their ports.
+The cluster's processes run in sessions of their own; before SIGTERM was handled, and again while
+the recipe's shell stood between make and the cluster's process (make passed the signal to the
+shell, which died), killing `make run` left Redis, the scheduler, the worker and the gateway
+running, holding their ports.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import openai
@@ -21,7 +23,6 @@ from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.cluster
 
-RUN = "import services.local_cluster as c; c.run_forever()"  # the Makefile's `run` recipe
 
 
 def children(pid: int) -> list[int]:
@@ -37,6 +38,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first."""
+    below = children(pid)
+    return below + [d for child in below for d in descendants(child)]
+
+
 def running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -45,29 +52,31 @@ def running(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-def test_sigterm_stops_every_process_of_make_run(tiny_llama_dir, tmp_path):
+def test_sigterm_to_make_stops_every_process_of_make_run(tiny_llama_dir, tmp_path):
     port = free_port()
-    env = {**os.environ, **WORKER_ENV, "FERRUM_INFER_MODEL_PATH": str(tiny_llama_dir),
-           "FERRUM_INFER_MODEL_NAME": "tiny-llama", "FERRUM_INFER_PORT": str(port)}
+    env = {**os.environ, **WORKER_ENV, "FERRUM_INFER_MODEL_NAME": "tiny-llama", "FERRUM_INFER_PORT": str(port)}
     output = (tmp_path / "make-run.log").open("w+")
-    run = subprocess.Popen([sys.executable, "-c", RUN], cwd=REPO_ROOT, env=env, stdout=output,
-                           stderr=subprocess.STDOUT)
+    # MODEL_DIR names a built model, so the recipe's set-up finds everything made and starts at once.
+    make = subprocess.Popen(["make", "--no-print-directory", "run", f"MODEL_DIR={tiny_llama_dir}"], cwd=REPO_ROOT,
+                            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
     cluster: list[int] = []
     try:
-        wait_until(lambda: "is serving" in Path(output.name).read_text() or run.poll() is not None,
+        wait_until(lambda: "is serving" in Path(output.name).read_text() or make.poll() is not None,
                    timeout_s=300, what="make run to serve")
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
         assert client.completions.create(model="tiny-llama", prompt="Hi", max_tokens=2).usage.completion_tokens > 0
-        cluster = children(run.pid)
-        assert len(cluster) == 4, Path(output.name).read_text()  # redis, scheduler, worker, gateway
+        cluster = descendants(make.pid)
+        [run] = children(make.pid)  # the recipe's process itself, no shell between
+        assert sorted(cluster) == sorted([run, *children(run)]) and len(cluster) == 5, \
+            Path(output.name).read_text()  # it, redis, scheduler, worker, gateway
 
-        run.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=90) == 0, Path(output.name).read_text()
+        make.send_signal(signal.SIGTERM)  # to make alone, not its process group
+        make.wait(timeout=90)
+        wait_until(lambda: not any(running(pid) for pid in cluster), timeout_s=90, what="the cluster to stop")
         assert "stopping" in Path(output.name).read_text()
-        assert [pid for pid in cluster if running(pid)] == []
     finally:
-        for pid in [run.pid, *cluster]:  # whatever a failure left running
+        for pid in {make.pid, *cluster, *descendants(make.pid)}:  # whatever a failure left running
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
-        run.wait()
+        make.wait()
         output.close()
