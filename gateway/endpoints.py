@@ -13,9 +13,10 @@ from aiohttp import web
 from gateway.completion_request import CompletionRequest
 from gateway.context import CONTEXT, MODEL_LABEL, GatewayContext
 from gateway.errors import OpenAIError
+from gateway.model_tokenizer import ModelTokenizer
 from gateway.planning import GenerationPlan, plan_generation
 from gateway.prompts import chat_prompt_ids, completion_prompt_ids
-from gateway.protocol import ChatCompletionRequest, parse_request
+from gateway.protocol import ChatCompletionRequest, RequestT, parse_request
 from gateway.responses import ChatShaper, CompletionShaper, ResponseShaper
 from gateway.responses_request import ResponsesRequest
 from gateway.responses_shaper import ResponsesShaper
@@ -36,10 +37,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large from None
 
 
-async def _body(request: web.Request) -> tuple[GatewayContext, bytes]:
+async def _parsed(request: web.Request, model: type[RequestT]) -> tuple[GatewayContext, RequestT, ModelTokenizer]:
+    """The shared start of a generation request: count it, read and validate its body, and fetch
+    its model's tokenizer (a 404 for a model not served)."""
     ctx = request.app[CONTEXT]
     ctx.total_requests += 1
-    return ctx, await read_body(request, ctx.settings.max_body_bytes)
+    req = parse_request(await read_body(request, ctx.settings.max_body_bytes), model)
+    tokenizer = await ctx.tokenizers.get(req.model)
+    request[MODEL_LABEL] = req.model
+    return ctx, req, tokenizer
 
 
 async def _serve(request: web.Request, ctx: GatewayContext, plan: GenerationPlan, shaper: ResponseShaper,
@@ -55,10 +61,7 @@ async def _serve(request: web.Request, ctx: GatewayContext, plan: GenerationPlan
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.chat_completions") as span:
-        ctx, body = await _body(request)
-        req = parse_request(body, ChatCompletionRequest)
-        tokenizer = await ctx.tokenizers.get(req.model)
-        request[MODEL_LABEL] = req.model
+        ctx, req, tokenizer = await _parsed(request, ChatCompletionRequest)
         prompt = await ctx.run_blocking(functools.partial(chat_prompt_ids, tokenizer, req.model, req.messages,
                                                           **req.template_options()))
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -70,10 +73,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.completions") as span:
-        ctx, body = await _body(request)
-        req = parse_request(body, CompletionRequest)
-        tokenizer = await ctx.tokenizers.get(req.model)
-        request[MODEL_LABEL] = req.model
+        ctx, req, tokenizer = await _parsed(request, CompletionRequest)
         prompts = await ctx.run_blocking(completion_prompt_ids, tokenizer, req)
         plan = plan_generation(req, prompts, tokenizer, "cmpl", "prompt", "max_tokens")
         shaper = CompletionShaper(plan.request_id, plan.created, req.model,
@@ -83,10 +83,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.responses") as span:
-        ctx, body = await _body(request)
-        req = parse_request(body, ResponsesRequest)
-        tokenizer = await ctx.tokenizers.get(req.model)
-        request[MODEL_LABEL] = req.model
+        ctx, req, tokenizer = await _parsed(request, ResponsesRequest)
         prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req.model, req.conversation(), "input")
         max_param = "max_output_tokens" if req.max_output_tokens is not None else "max_tokens"
         plan = plan_generation(req, [prompt], tokenizer, "resp", "input", max_param)
