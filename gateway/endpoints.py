@@ -37,15 +37,22 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise too_large from None
 
 
-async def _parsed(request: web.Request, model: type[RequestT]) -> tuple[GatewayContext, RequestT, ModelTokenizer]:
-    """The shared start of a generation request: count it, read and validate its body, and fetch
-    its model's tokenizer (a 404 for a model not served)."""
+async def parsed_request(request: web.Request,
+                         model: type[RequestT]) -> tuple[GatewayContext, RequestT, ModelTokenizer]:
+    """The shared start of a request for a model: read and validate its body, and fetch the model's
+    tokenizer (a 404 for a model not served)."""
     ctx = request.app[CONTEXT]
-    ctx.total_requests += 1
     req = parse_request(await read_body(request, ctx.settings.max_body_bytes), model)
     tokenizer = await ctx.tokenizers.get(req.model)
     request[MODEL_LABEL] = req.model
     return ctx, req, tokenizer
+
+
+async def _generation_request(request: web.Request,
+                              model: type[RequestT]) -> tuple[GatewayContext, RequestT, ModelTokenizer]:
+    """parsed_request, counted in /health's total_requests (valid or not)."""
+    request.app[CONTEXT].total_requests += 1
+    return await parsed_request(request, model)
 
 
 async def _serve(request: web.Request, ctx: GatewayContext, plan: GenerationPlan, shaper: ResponseShaper,
@@ -61,7 +68,7 @@ async def _serve(request: web.Request, ctx: GatewayContext, plan: GenerationPlan
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.chat_completions") as span:
-        ctx, req, tokenizer = await _parsed(request, ChatCompletionRequest)
+        ctx, req, tokenizer = await _generation_request(request, ChatCompletionRequest)
         prompt = await ctx.run_blocking(functools.partial(chat_prompt_ids, tokenizer, req.model, req.messages,
                                                           **req.template_options()))
         max_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -73,7 +80,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.completions") as span:
-        ctx, req, tokenizer = await _parsed(request, CompletionRequest)
+        ctx, req, tokenizer = await _generation_request(request, CompletionRequest)
         prompts = await ctx.run_blocking(completion_prompt_ids, tokenizer, req)
         plan = plan_generation(req, prompts, tokenizer, "cmpl", "prompt", "max_tokens")
         shaper = CompletionShaper(plan.request_id, plan.created, req.model,
@@ -83,7 +90,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     with _tracer.start_as_current_span("gateway.responses") as span:
-        ctx, req, tokenizer = await _parsed(request, ResponsesRequest)
+        ctx, req, tokenizer = await _generation_request(request, ResponsesRequest)
         prompt = await ctx.run_blocking(chat_prompt_ids, tokenizer, req.model, req.conversation(), "input")
         max_param = "max_output_tokens" if req.max_output_tokens is not None else "max_tokens"
         plan = plan_generation(req, [prompt], tokenizer, "resp", "input", max_param)

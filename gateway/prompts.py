@@ -38,6 +38,14 @@ def chat_prompt_ids(tokenizer: ModelTokenizer, model: str, messages: list[ChatMe
     return ids
 
 
+def refuse_outside_vocabulary(tokenizer: ModelTokenizer, token_ids: list[int], param: str) -> None:
+    """A 400 naming `param` when a token id the client sent is not one of the model's."""
+    outside = next((t for t in token_ids if t >= tokenizer.vocab_size), None)
+    if outside is not None:
+        raise invalid_request(f"{param}: token id {outside} is outside the vocabulary (size {tokenizer.vocab_size})",
+                              param=param)
+
+
 def completion_prompt_ids(tokenizer: ModelTokenizer, req: CompletionRequest) -> list[list[int]]:
     prompts: list[list[int]] = []
     for index, prompt in enumerate(req.prompt):
@@ -45,10 +53,7 @@ def completion_prompt_ids(tokenizer: ModelTokenizer, req: CompletionRequest) -> 
             ids = tokenizer.encode(prompt, add_special_tokens=True)
         else:
             ids = prompt
-            outside = next((t for t in ids if t >= tokenizer.vocab_size), None)
-            if outside is not None:
-                raise invalid_request(f"prompt: token id {outside} is outside the vocabulary "
-                                      f"(size {tokenizer.vocab_size})", param="prompt")
+            refuse_outside_vocabulary(tokenizer, ids, "prompt")
         if not ids:
             name = "prompt" if len(req.prompt) == 1 else f"prompt.{index}"
             raise invalid_request(f"{name}: must not be empty", param="prompt")

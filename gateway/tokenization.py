@@ -13,12 +13,11 @@ import functools
 from aiohttp import web
 from pydantic import ConfigDict, Field
 
-from gateway.context import CONTEXT, MODEL_LABEL
-from gateway.endpoints import read_body
+from gateway.endpoints import parsed_request
 from gateway.errors import invalid_request
 from gateway.model_tokenizer import ModelTokenizer
-from gateway.prompts import chat_prompt_ids
-from gateway.protocol import MAX_MESSAGES, ChatMessage, ChatTemplateFields, StrictModel, TokenId, parse_request
+from gateway.prompts import chat_prompt_ids, refuse_outside_vocabulary
+from gateway.protocol import MAX_MESSAGES, ChatMessage, ChatTemplateFields, StrictModel, TokenId
 
 MAX_DETOKENIZE_TOKENS = 1_000_000
 
@@ -59,10 +58,7 @@ def token_ids(tokenizer: ModelTokenizer, req: TokenizeRequest) -> list[int]:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    req = parse_request(await read_body(request, ctx.settings.max_body_bytes), TokenizeRequest)
-    tokenizer = await ctx.tokenizers.get(req.model)
-    request[MODEL_LABEL] = req.model
+    ctx, req, tokenizer = await parsed_request(request, TokenizeRequest)
     ids = await ctx.run_blocking(token_ids, tokenizer, req)
     strings = await ctx.run_blocking(tokenizer.tokenizer.convert_ids_to_tokens, ids) if req.return_token_strs \
         else None
@@ -71,13 +67,7 @@ async def tokenize(request: web.Request) -> web.Response:
 
 
 async def detokenize(request: web.Request) -> web.Response:
-    ctx = request.app[CONTEXT]
-    req = parse_request(await read_body(request, ctx.settings.max_body_bytes), DetokenizeRequest)
-    tokenizer = await ctx.tokenizers.get(req.model)
-    request[MODEL_LABEL] = req.model
-    outside = next((t for t in req.tokens if t >= tokenizer.vocab_size), None)
-    if outside is not None:
-        raise invalid_request(f"tokens: token id {outside} is outside the vocabulary (size {tokenizer.vocab_size})",
-                              param="tokens")
+    ctx, req, tokenizer = await parsed_request(request, DetokenizeRequest)
+    refuse_outside_vocabulary(tokenizer, req.tokens, "tokens")
     text = await ctx.run_blocking(functools.partial(tokenizer.decode, req.tokens, skip_special_tokens=False))
     return web.json_response({"prompt": text})
